@@ -1,0 +1,153 @@
+"""The ``safeguard`` command line: ``check``, ``policy`` and ``demo``.
+
+Exit codes of ``safeguard check``: 0 allowed, 1 blocked, 3 flagged for steering (not blocked), 2 bad input
+or configuration.
+
+Example:
+    $ safeguard check "a watercolor painting of a lighthouse at dawn"
+    $ safeguard check --json --preset strict "a nude portrait"; echo $?
+    $ safeguard policy
+    $ safeguard demo --out ./safeguard-demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from safeguard.errors import SafeguardError
+
+__all__ = ["EXIT_ALLOWED", "EXIT_BLOCKED", "EXIT_ERROR", "EXIT_STEER", "main"]
+
+EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR, EXIT_STEER = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code.
+
+    Example:
+        >>> main(["check", "a red bicycle"])  # doctest: +SKIP
+        0
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except SafeguardError as err:
+        print(f"safeguard: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="safeguard", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    check = commands.add_parser("check", help="check prompts against the policy")
+    check.add_argument("prompts", nargs="+", metavar="PROMPT")
+    check.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    _policy_options(check)
+    check.set_defaults(run=_run_check)
+
+    policy = commands.add_parser("policy", help="list the policy's categories")
+    policy.add_argument("--policy", default="stability-aup-2025-07-31", help="policy id or YAML path")
+    policy.add_argument("--json", action="store_true")
+    policy.set_defaults(run=_run_policy)
+
+    demo = commands.add_parser("demo", help="protect a tiny offline pipeline and run two prompts")
+    demo.add_argument("--out", type=Path, default=Path("safeguard-demo"), help="folder for images and verdicts")
+    demo.set_defaults(run=_run_demo)
+    return parser
+
+
+def _policy_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", default="stability-aup-2025-07-31", help="policy id or YAML path")
+    parser.add_argument("--preset", default=None, help="balanced (default), strict, research or a YAML path")
+    parser.add_argument("--config", default=None, help="user YAML file layered over the preset")
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    from safeguard.checks import check_prompts
+
+    verdicts = check_prompts(args.prompts, args.policy, args.preset, config=args.config)
+    for prompt, verdict in zip(args.prompts, verdicts, strict=True):
+        if args.json:
+            print(json.dumps(verdict.to_dict(), ensure_ascii=False))
+            continue
+        print(f"{verdict.action.value.upper():6} {prompt}")
+        for finding in verdict.findings:
+            print(
+                f"       {finding.category:32} score {finding.score:.3f} >= {finding.threshold:.3f}"
+                f"  {finding.stage}/{finding.source}  {finding.detail}"
+            )
+    if not args.json:
+        print(f"policy {verdicts[0].policy_id}@{verdicts[0].policy_version}")
+    if any(v.blocked for v in verdicts):
+        return EXIT_BLOCKED
+    return EXIT_STEER if any(v.flagged for v in verdicts) else EXIT_ALLOWED
+
+
+def _run_policy(args: argparse.Namespace) -> int:
+    from safeguard.policy import load_policy
+
+    policy = load_policy(args.policy)
+    if args.json:
+        rows = [
+            {
+                "id": c.id,
+                "name": c.name,
+                "section": c.section,
+                "applies_to": list(c.applies_to),
+                "clauses": [cl.ref for cl in c.clauses],
+                "locked": c.locked,
+                "out_of_scope": c.out_of_scope,
+            }
+            for c in policy.categories
+        ]
+        print(json.dumps({"id": policy.id, "version": policy.version, "categories": rows}, ensure_ascii=False))
+        return EXIT_ALLOWED
+    print(f"{policy.title} ({policy.id}, version {policy.version})\n")
+    print(f"{'category':32} {'clauses':28} applies to")
+    for c in policy.categories:
+        where = ", ".join(c.applies_to) if c.enforced else "out of scope"
+        lock = " (locked: always blocks)" if c.locked else ""
+        print(f"{c.id:32} {', '.join(cl.ref for cl in c.clauses):28} {where}{lock}")
+        print(f"{'':32} {c.section}")
+    return EXIT_ALLOWED
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    import safeguard
+    from safeguard.testing import tiny
+
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    pipe = safeguard.protect(tiny.sd_pipeline())
+    print(f"protected {type(pipe.pipeline).__name__} (tiny, random weights): {pipe!r}")
+    records = []
+    for name, prompt in (("allowed", "a watercolor painting of a lighthouse at dawn"), ("blocked", "a pipe bomb")):
+        generator = torch.Generator().manual_seed(0)
+        try:
+            result = pipe(prompt, num_inference_steps=4, generator=generator)
+        except safeguard.PromptBlocked as blocked:
+            print(f"[{name}] {prompt!r}: blocked before denoising -> {blocked.verdict}")
+            records.append({"prompt": prompt, "blocked": True, "verdict": blocked.verdict.to_dict()})
+            continue
+        path = out / f"{name}.png"
+        result.images[0].save(path)
+        print(f"[{name}] {prompt!r}: {result.verdicts[0]} -> {path}")
+        records.append({"prompt": prompt, "image": str(path), "verdict": result.verdicts[0].to_dict()})
+    verdicts_path = out / "verdicts.json"
+    verdicts_path.write_text(json.dumps(records, indent=2, ensure_ascii=False), encoding="utf-8")
+    print(f"wrote images and verdicts to {out.resolve()} (verdicts: {verdicts_path})")
+    return EXIT_ALLOWED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

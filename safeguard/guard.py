@@ -1,0 +1,184 @@
+"""The Guard: a policy and its settings turned into stages, with fail-closed execution.
+
+Every entry point (``protect``, ``check_prompt(s)``, ``check_images``, the CLI) goes through a Guard, so a
+prompt or image gets the same verdict whichever way it arrives.
+
+Example:
+    >>> from safeguard.guard import Guard
+    >>> guard = Guard.create(preset="balanced")
+    >>> guard.check_prompts(["a watercolor painting of a lighthouse at dawn"])[0].action.value
+    'allow'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from safeguard.config import Settings, resolve_settings
+from safeguard.errors import ConfigError, ImageBlocked, InputError
+from safeguard.policy import DEFAULT_POLICY, Policy, load_policy
+from safeguard.redact import redact
+from safeguard.stages.base import ImageStage, PromptStage, SteeringStage
+from safeguard.stages.keywords import KeywordPromptStage
+from safeguard.stages.opennsfw import OpenNSFWStage
+from safeguard.verdict import STAGE_FAILURE, Action, Finding, Verdict
+
+__all__ = ["IMAGE_BACKENDS", "Guard"]
+
+#: Image backends by the name presets use in ``output.backends``.
+IMAGE_BACKENDS: dict[str, Callable[[Policy, Any], ImageStage]] = {"opennsfw": OpenNSFWStage}
+
+
+class Guard:
+    """Runs the enabled stages of a policy under resolved settings.
+
+    Stages that raise, return the wrong number of verdicts or non-finite scores produce a block verdict
+    naming the failed stage: a Guard never lets content through because a checker broke.
+    """
+
+    def __init__(self, policy: Policy, settings: Settings) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.prompt_stage: PromptStage = KeywordPromptStage(
+            policy, settings.prompt, locked_only=not settings.prompt.enabled
+        )
+        if settings.steering.enabled:
+            raise ConfigError(
+                "the steering stage is not available in this version of safeguard; "
+                f"turn it off (steering=False) to use preset {settings.preset!r}"
+            )
+        self.steering_stage: SteeringStage | None = None
+        self.image_stages: tuple[ImageStage, ...] = ()
+        self.skipped_backends: tuple[str, ...] = ()
+        if settings.output.enabled:
+            stages, skipped = [], []
+            for name in settings.output.backends:
+                if name not in IMAGE_BACKENDS:
+                    raise ConfigError(f"unknown output backend {name!r}; available: {', '.join(IMAGE_BACKENDS)}")
+                stage = IMAGE_BACKENDS[name](policy, settings.output)
+                # A backend that scores no category of this policy has nothing to say about its images.
+                (stages if any(c in policy for c in stage.categories) else skipped).append(stage)
+            self.image_stages = tuple(stages)
+            self.skipped_backends = tuple(s.name for s in skipped)
+
+    @classmethod
+    def create(
+        cls,
+        policy: Policy | str | Path = DEFAULT_POLICY,
+        preset: str | Path | None = None,
+        config: str | Path | dict[str, Any] | None = None,
+        **overrides: Any,
+    ) -> Guard:
+        """Load ``policy``, resolve the settings layers and build the stages."""
+        policy = load_policy(policy)
+        settings = resolve_settings(
+            preset, config, policy_categories=tuple(c.id for c in policy.categories), **overrides
+        )
+        return cls(policy, settings)
+
+    # -- prompts ---------------------------------------------------------------------------------------
+    def check_prompts(self, prompts: Sequence[str]) -> list[Verdict]:
+        """One verdict per prompt. The locked rules run even when the prompt stage is off.
+
+        Raises:
+            InputError: a prompt is not a string, is empty or longer than ``prompt.max_chars``.
+        """
+        if isinstance(prompts, str) or not isinstance(prompts, Sequence):
+            raise InputError(f"prompts must be a list of strings, got {type(prompts).__name__}")
+        limit = self.settings.prompt.max_chars
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise InputError(f"prompt {i} must be a string, got {type(prompt).__name__}")
+            if not prompt.strip():
+                raise InputError(f"prompt {i} is empty")
+            if len(prompt) > limit:
+                raise InputError(f"prompt {i} has {len(prompt)} characters; the limit is {limit} (prompt.max_chars)")
+        if not prompts:
+            return []
+        return self._run(self.prompt_stage, lambda: self.prompt_stage.check(list(prompts)), len(prompts), "prompt")
+
+    # -- images ----------------------------------------------------------------------------------------
+    def check_images(self, images: torch.Tensor) -> list[Verdict]:
+        """One verdict per image of a ``(B, 3, H, W)`` tensor in ``[0, 1]``.
+
+        Raises:
+            InputError: wrong shape or dtype.
+        """
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise InputError(f"images must be a (B, 3, H, W) tensor, got {shape}")
+        if not images.is_floating_point():
+            raise InputError(f"images must be a float tensor in [0, 1], got dtype {images.dtype}")
+        count = images.shape[0]
+        verdicts = [Verdict.allow(self.policy.id, self.policy.version, ("output",)) for _ in range(count)]
+        for stage in self.image_stages:
+            found = self._run(stage, lambda stage=stage: stage.check(images), count, "output")
+            verdicts = [Verdict.combine(pair) for pair in zip(verdicts, found, strict=True)]
+        return verdicts
+
+    def apply_redaction(self, images: torch.Tensor, verdicts: Sequence[Verdict]) -> tuple[torch.Tensor, list[int]]:
+        """Redact the blocked images of a ``[0, 1]`` batch; return the new batch and the withheld indices.
+
+        A block from a locked rule or a failed stage is always withheld, whatever the preset says.
+
+        Raises:
+            ImageBlocked: when the preset's redaction is ``raise`` and an image is blocked.
+        """
+        method = self.settings.output.redaction
+        blocked = [i for i, v in enumerate(verdicts) if v.blocked]
+        if not blocked:
+            return images, []
+        if method == "raise":
+            combined = Verdict.combine(verdicts[i] for i in blocked)
+            raise ImageBlocked(f"{len(blocked)} image(s) blocked: {combined}", combined, tuple(verdicts))
+        withheld = [i for i in blocked if method == "withhold" or _must_withhold(verdicts[i])]
+        redacted = images.clone()
+        for i in blocked:
+            if i in withheld:
+                redacted[i : i + 1] = redact(images[i : i + 1], "withhold")
+            elif method != "flag":
+                redacted[i : i + 1] = redact(images[i : i + 1], method)
+        return redacted, withheld
+
+    def to(self, device: torch.device | str) -> Guard:
+        """Move the image stages to ``device`` (the pipeline's)."""
+        self.image_stages = tuple(stage.to(device) for stage in self.image_stages)
+        return self
+
+    # -- fail closed -----------------------------------------------------------------------------------
+    def _run(self, stage: Any, call: Callable[[], list[Verdict]], count: int, stage_kind: str) -> list[Verdict]:
+        try:
+            verdicts = call()
+            if len(verdicts) != count:
+                raise RuntimeError(f"returned {len(verdicts)} verdicts for {count} inputs")
+            for verdict in verdicts:
+                bad = [k for k, v in verdict.category_scores.items() if not math.isfinite(v)]
+                bad += [f.category for f in verdict.findings if not math.isfinite(f.score)]
+                if bad:
+                    raise RuntimeError(f"returned non-finite scores for {sorted(set(bad))}")
+            return verdicts
+        except InputError:
+            raise
+        except Exception as err:
+            finding = Finding(
+                STAGE_FAILURE,
+                score=1.0,
+                threshold=1.0,
+                stage=stage_kind,
+                action=Action.BLOCK,
+                source=stage.name,
+                detail=f"{type(err).__name__}: {err}",
+            )
+            failed = Verdict.from_findings(
+                [finding], {}, policy_id=self.policy.id, policy_version=self.policy.version, stages=(stage_kind,)
+            )
+            return [failed] * count
+
+
+def _must_withhold(verdict: Verdict) -> bool:
+    return verdict.locked or any(f.category == STAGE_FAILURE for f in verdict.findings)

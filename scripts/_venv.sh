@@ -1,0 +1,19 @@
+# Sourced by scripts/test.sh and scripts/demo.sh: create .venv if missing and install the project into it.
+# Usage: source scripts/_venv.sh [EXTRAS]   (EXTRAS e.g. "[dev]")
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+python="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv"
+  "$python" -m venv .venv
+fi
+pip=(.venv/bin/python -m pip --disable-pip-version-check -q)
+# On these CPU machines a local CPU build of torch is offered; take it before anything pulls the CUDA build.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  echo "==> installing torch (CPU build where one is offered)"
+  "${pip[@]}" install "torch==2.13.0+cpu" || "${pip[@]}" install torch
+fi
+echo "==> installing diffusers-safeguard${1:-}"
+# The constraints make pip fail loudly if torchvision or opencv-python would land next to the CPU torch.
+"${pip[@]}" install -c scripts/constraints.txt -e ".${1:-}"

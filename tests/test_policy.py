@@ -1,0 +1,122 @@
+"""The policy file: every AUP bullet quoted, schema errors named, bundled as package data."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+import safeguard
+from safeguard.errors import ConfigError
+from safeguard.policy import load_policy
+
+ROOT = Path(__file__).resolve().parents[1]
+AUP_DIR = ROOT.parent / "shared" / "aup"
+POLICY_FILE = ROOT / "configs" / "policies" / "stability-aup-2025-07-31.yaml"
+
+
+def _aup_bullets() -> list[str]:
+    files = sorted(AUP_DIR.glob("*.txt")) if AUP_DIR.is_dir() else []
+    if not files:
+        pytest.skip(f"the AUP text is not at {AUP_DIR} (it comes with the shared/ folder beside the checkout)")
+    text = files[0].read_text(encoding="utf-8")
+    return [m.group(1).strip() for m in re.finditer(r"^\*\s+(.+?)\s*$", text, flags=re.M)]
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.replace("\u00a0", " ").split())
+
+
+def test_every_aup_bullet_is_quoted_by_some_category():
+    bullets = _aup_bullets()
+    assert len(bullets) == 31, f"the AUP text changed: {len(bullets)} bullets"
+    quoted = {_squash(clause.text) for category in load_policy() for clause in category.clauses}
+    missing = [b for b in bullets if _squash(b) not in quoted]
+    assert not missing, f"AUP bullets not quoted by any category: {missing}"
+
+
+def test_every_quoted_clause_is_in_the_aup():
+    bullets = {_squash(b) for b in _aup_bullets()}
+    for category in load_policy():
+        for clause in category.clauses:
+            assert _squash(clause.text) in bullets, f"{category.id}/{clause.ref} is not verbatim AUP text"
+
+
+def test_categories_are_complete_and_consistent():
+    policy = load_policy()
+    assert policy.id == "stability-aup-2025-07-31" and policy.version
+    for category in policy:
+        assert category.section and category.name
+        if category.enforced:
+            assert category.applies_to
+            if {"prompt", "image"} & set(category.applies_to):
+                assert category.concepts, f"{category.id} needs concept phrases"
+        else:
+            assert not category.applies_to and len(category.out_of_scope) > 20
+    assert policy.locked_categories == ("child_sexual_exploitation",)
+    rule = next(r for r in policy.conjunctions if r.category == "child_sexual_exploitation")
+    assert rule.locked and set(rule.all_of) == {"minor", "sexualised"}
+
+
+def test_unknown_key_names_the_key_and_the_file(tmp_path):
+    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data["categories"][0]["keywrds"] = ["x"]
+    path = tmp_path / "typo.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"typo\.yaml.*'keywrds'"):
+        load_policy(path)
+
+
+def test_bad_references_are_errors(tmp_path):
+    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data["conjunctions"][0]["all_of"] = ["minor", "no_such_signal"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match="no_such_signal"):
+        load_policy(path)
+    with pytest.raises(ConfigError, match="unknown policy id"):
+        load_policy("no-such-policy")
+
+
+def test_policy_loads_by_id_path_or_object():
+    by_id = load_policy("stability-aup-2025-07-31")
+    by_path = load_policy(POLICY_FILE)
+    assert by_id.categories == by_path.categories
+    assert load_policy(by_id) is by_id
+    assert "stability-aup-2025-07-31" in safeguard.available_policies()
+
+
+def test_configs_ship_inside_the_wheel(tmp_path):
+    """Build the wheel, unpack it alone and load the default policy and presets from it."""
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    built = subprocess.run(
+        [*command, "-w", str(tmp_path), str(ROOT)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    wheel = next(tmp_path.glob("diffusers_safeguard-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "safeguard/configs/policies/stability-aup-2025-07-31.yaml" in names
+    assert {f"safeguard/configs/presets/{p}.yaml" for p in ("balanced", "strict", "research")} <= set(names)
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "import safeguard.policy as p, safeguard.config as c;"
+        f"assert p.__file__.startswith({str(site)!r}), p.__file__;"
+        "print(p.load_policy().id, c.resolve_settings().preset)"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(site)!r}); {probe}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["stability-aup-2025-07-31", "balanced"]

@@ -1,0 +1,191 @@
+"""protect() on tiny real SD 1.x, SDXL, SD3 and Flux pipelines."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import count_denoiser_calls, hook_count
+from PIL import Image
+
+import safeguard
+from safeguard.errors import ConfigError, InputError, PromptBlocked, UnsupportedPipelineError
+
+STEPS = 2
+
+
+def _run(pipe, prompt, **kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    return pipe(prompt, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def _components(pipe):
+    return [c for c in pipe.components.values() if isinstance(c, torch.nn.Module)]
+
+
+def test_explicit_sexual_prompt_raises_before_any_denoiser_step(make_pipeline):
+    guarded = safeguard.protect(make_pipeline())
+    with count_denoiser_calls(guarded.pipeline) as calls, pytest.raises(PromptBlocked) as raised:
+        _run(guarded, "an explicit porn scene")
+    assert calls[0] == 0
+    verdict = raised.value.verdict
+    assert verdict.blocked and "sexual" in verdict.categories and verdict.categories["sexual"]
+    finding = next(f for f in verdict.findings if f.category == "sexual")
+    assert (finding.score, finding.threshold, finding.stage) == (1.0, 0.5, "prompt")
+    assert verdict.policy_version == "2025-07-31.1"
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt"])
+def test_benign_prompt_output_is_identical_to_the_unprotected_pipeline(make_pipeline, output_type):
+    pipe = make_pipeline()
+    plain = _run(pipe, "a watercolor painting of a lighthouse at dawn", output_type=output_type).images
+    guarded = safeguard.protect(pipe)
+    out = _run(guarded, "a watercolor painting of a lighthouse at dawn", output_type=output_type)
+    if output_type == "pil":
+        assert all(isinstance(i, Image.Image) for i in out.images)
+        assert [np.asarray(i).tobytes() for i in out.images] == [np.asarray(i).tobytes() for i in plain]
+    elif output_type == "np":
+        assert np.array_equal(out.images, plain)
+    else:
+        assert torch.equal(out.images, plain)
+    assert len(out.verdicts) == len(out.prompt_verdicts) == 1
+    assert not out.verdicts[0].flagged
+    assert out.verdicts[0].stages == ("output", "prompt")
+
+
+def test_latent_output_is_identical_when_the_output_stage_is_off(make_pipeline):
+    pipe = make_pipeline()
+    plain = _run(pipe, "a lighthouse", output_type="latent").images
+    guarded = safeguard.protect(pipe, preset="research", output=False)
+    assert torch.equal(_run(guarded, "a lighthouse", output_type="latent").images, plain)
+    with pytest.raises(ConfigError, match="latent"):
+        _run(safeguard.protect(make_pipeline()), "a lighthouse", output_type="latent")
+
+
+def test_unprotect_restores_the_original_pipeline(make_pipeline):
+    pipe = make_pipeline()
+    _run(pipe, "a lighthouse")  # transformers installs its own output-capturing hooks on the first call
+    before_hooks = sum(hook_count(c) for c in _components(pipe))
+    guarded = safeguard.protect(pipe)
+    _run(guarded, "a lighthouse")
+    with pytest.raises(PromptBlocked):
+        _run(guarded, "an explicit porn scene")
+    restored = safeguard.unprotect(guarded)
+    assert restored is pipe and type(restored) is type(pipe)
+    assert sum(hook_count(c) for c in _components(pipe)) == before_hooks
+    assert "postprocess" not in vars(pipe.image_processor)
+    with count_denoiser_calls(pipe) as calls:
+        out = _run(restored, "an explicit porn scene")
+    assert calls[0] == STEPS  # the unsafe prompt now runs: one denoiser call per step
+    assert len(out.images) == 1
+
+
+def test_minor_sexual_prompt_blocks_under_research_with_every_stage_off(make_pipeline):
+    guarded = safeguard.protect(make_pipeline(), preset="research", prompt=False, output=False, steering=False)
+    assert guarded.guard.settings.stages == ()
+    with count_denoiser_calls(guarded.pipeline) as calls, pytest.raises(PromptBlocked) as raised:
+        _run(guarded, "a sexy schoolgirl")
+    assert calls[0] == 0 and raised.value.verdict.locked
+    # on_block=return never applies to the locked rule.
+    lenient = safeguard.protect(make_pipeline(), preset="research", prompt=False, on_block="return")
+    with pytest.raises(PromptBlocked):
+        _run(lenient, "a sexy schoolgirl")
+
+
+def test_secondary_prompts_are_checked(family, make_pipeline):
+    guarded = safeguard.protect(make_pipeline())
+    extra = {"sd": None, "sdxl": "prompt_2", "sd3": "prompt_3", "flux": "prompt_2"}[family]
+    if extra is None:
+        pytest.skip("SD 1.x has a single prompt")
+    with count_denoiser_calls(guarded.pipeline) as calls, pytest.raises(PromptBlocked):
+        _run(guarded, "a lighthouse", **{extra: "a pipe bomb"})
+    assert calls[0] == 0
+
+
+def test_batches_give_one_verdict_per_image_in_order(make_pipeline):
+    guarded = safeguard.protect(make_pipeline())
+    out = _run(guarded, ["a lighthouse", "a red bicycle"], num_images_per_prompt=2, output_type="np")
+    assert out.images.shape[0] == 4 and len(out.verdicts) == 4 and len(out.prompt_verdicts) == 2
+
+
+def test_on_block_return_gives_no_images_and_the_verdicts(make_pipeline):
+    guarded = safeguard.protect(make_pipeline(), preset="research", on_block="return")
+    with count_denoiser_calls(guarded.pipeline) as calls:
+        out = _run(guarded, ["a lighthouse", "a pipe bomb"])
+    assert calls[0] == 0
+    assert out.images == [] and out.verdicts == []
+    assert [v.blocked for v in out.prompt_verdicts] == [False, True]
+
+
+def test_attributes_pass_through(make_pipeline):
+    pipe = make_pipeline()
+    guarded = safeguard.protect(pipe)
+    assert guarded.scheduler is pipe.scheduler
+    assert guarded.to("cpu") is guarded and guarded.device == pipe.device
+    scheduler = pipe.scheduler
+    guarded.scheduler = scheduler  # setting goes to the pipeline
+    assert pipe.scheduler is scheduler
+    assert "ProtectedPipeline" in repr(guarded)
+    with pytest.raises(ConfigError, match="already protected"):
+        safeguard.protect(guarded)
+
+
+def test_return_dict_false_gives_a_tuple(make_pipeline):
+    images, verdicts, prompt_verdicts = _run(safeguard.protect(make_pipeline()), "a lighthouse", return_dict=False)
+    assert len(images) == len(verdicts) == len(prompt_verdicts) == 1
+
+
+def test_global_torch_state_is_untouched(make_pipeline):
+    pipe = make_pipeline()
+    threads, dtype, rng = torch.get_num_threads(), torch.get_default_dtype(), torch.random.get_rng_state()
+    guarded = safeguard.protect(pipe)
+    _run(guarded, "a lighthouse")
+    with pytest.raises(PromptBlocked):
+        _run(guarded, "a pipe bomb")
+    assert torch.get_num_threads() == threads and torch.get_default_dtype() == dtype
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+def test_unsupported_pipeline_is_named():
+    class NotAPipeline:
+        pass
+
+    with pytest.raises(UnsupportedPipelineError, match=r"NotAPipeline.*StableDiffusionPipeline.*FluxPipeline"):
+        safeguard.protect(NotAPipeline())
+    with pytest.raises(TypeError):
+        safeguard.unprotect(NotAPipeline())
+
+
+def test_prompt_embeds_follow_the_preset(family, make_pipeline):
+    if family != "sd":
+        pytest.skip("one family is enough for the embeds rule")
+    pipe = make_pipeline()
+    embeds, _ = pipe.encode_prompt("a lighthouse", "cpu", 1, False)
+    out = _run(safeguard.protect(pipe), None, prompt_embeds=embeds, output_type="np")
+    assert len(out.prompt_verdicts) == 1 and not out.prompt_verdicts[0].flagged
+    with pytest.raises(ConfigError, match="requires prompt text"):
+        _run(safeguard.protect(make_pipeline(), preset="strict"), None, prompt_embeds=embeds)
+    with pytest.raises(InputError, match="give a prompt"):
+        _run(safeguard.protect(make_pipeline()), None)
+
+
+@pytest.mark.parametrize(("redaction", "expect"), [("blur", "changed"), ("withhold", "none"), ("flag", "same")])
+def test_blocked_images_are_redacted_per_preset(redaction, expect):
+    from safeguard.testing import tiny
+
+    pipe = tiny.sd_pipeline()
+    plain = _run(pipe, "a lighthouse").images[0]
+    # A zero image threshold makes the real open_nsfw backend block every image.
+    config = {"output": {"redaction": redaction, "thresholds": {"default": {"block": 0.0}}}}
+    out = _run(safeguard.protect(pipe, preset="research", config=config), "a lighthouse")
+    verdict = out.verdicts[0]
+    assert verdict.blocked
+    finding = next(f for f in verdict.findings if f.category == "sexual")
+    assert (finding.stage, finding.source, finding.threshold) == ("image", "opennsfw", 0.0)
+    image = out.images[0]
+    if expect == "none":
+        assert image is None
+    elif expect == "same":
+        assert np.array_equal(np.asarray(image), np.asarray(plain))
+    else:
+        assert image.size == plain.size and not np.array_equal(np.asarray(image), np.asarray(plain))
