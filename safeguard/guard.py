@@ -20,18 +20,16 @@ from typing import Any
 import torch
 
 from safeguard.config import Settings, resolve_settings
-from safeguard.errors import ConfigError, ImageBlocked, InputError
+from safeguard.errors import ImageBlocked, InputError
 from safeguard.policy import DEFAULT_POLICY, Policy, load_policy
 from safeguard.redact import redact
 from safeguard.stages.base import ImageStage, PromptStage, SteeringStage
-from safeguard.stages.keywords import KeywordPromptStage
-from safeguard.stages.opennsfw import OpenNSFWStage
+from safeguard.stages.image import build_image_stages
+from safeguard.stages.prompt import build_prompt_stage
+from safeguard.stages.steering import build_steering_stage
 from safeguard.verdict import STAGE_FAILURE, Action, Finding, Verdict
 
-__all__ = ["IMAGE_BACKENDS", "Guard"]
-
-#: Image backends by the name presets use in ``output.backends``.
-IMAGE_BACKENDS: dict[str, Callable[[Policy, Any], ImageStage]] = {"opennsfw": OpenNSFWStage}
+__all__ = ["Guard"]
 
 
 class Guard:
@@ -44,27 +42,11 @@ class Guard:
     def __init__(self, policy: Policy, settings: Settings) -> None:
         self.policy = policy
         self.settings = settings
-        self.prompt_stage: PromptStage = KeywordPromptStage(
-            policy, settings.prompt, locked_only=not settings.prompt.enabled
-        )
-        if settings.steering.enabled:
-            raise ConfigError(
-                "the steering stage is not available in this version of safeguard; "
-                f"turn it off (steering=False) to use preset {settings.preset!r}"
-            )
-        self.steering_stage: SteeringStage | None = None
-        self.image_stages: tuple[ImageStage, ...] = ()
-        self.skipped_backends: tuple[str, ...] = ()
-        if settings.output.enabled:
-            stages, skipped = [], []
-            for name in settings.output.backends:
-                if name not in IMAGE_BACKENDS:
-                    raise ConfigError(f"unknown output backend {name!r}; available: {', '.join(IMAGE_BACKENDS)}")
-                stage = IMAGE_BACKENDS[name](policy, settings.output)
-                # A backend that scores no category of this policy has nothing to say about its images.
-                (stages if any(c in policy for c in stage.categories) else skipped).append(stage)
-            self.image_stages = tuple(stages)
-            self.skipped_backends = tuple(s.name for s in skipped)
+        self.prompt_stage: PromptStage = build_prompt_stage(policy, settings)
+        self.steering_stage: SteeringStage | None = build_steering_stage(policy, settings)
+        self.image_stages: tuple[ImageStage, ...]
+        self.skipped_backends: tuple[str, ...]
+        self.image_stages, self.skipped_backends = build_image_stages(policy, settings.output)
 
     @classmethod
     def create(
