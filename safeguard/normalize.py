@@ -1,6 +1,6 @@
 """Canonical form of a prompt for keyword matching and semantic scoring.
 
-Obfuscation tricks ("ｎ\u200bu.d.3", "ѕех", "n4k3d", "nuuuude", "𝐤𝐢𝐥𝐥") are undone before any rule sees the
+Obfuscation tricks ("ｎ\u200b.u.d.3", "ѕех", "n4k3d", "nuuuude", "𝐤𝐢𝐥𝐥") are undone before any rule sees the
 text, while the original string is kept for the record. Every step is a ``str.translate`` table, a
 C-speed ``str`` method, a loop over items, or a regular expression without nested quantifiers, so the
 cost is linear in the prompt length by construction.
@@ -38,8 +38,9 @@ The steps, in order:
    Doubles are never touched, since either reading can be the real word.
 
 Ambiguous leetspeak gets a second reading too: "1" and "|" read as "i" and "l" in ``text`` and the other
-way round in a variant ("b100d" -> "biood", variant "blood"). A matcher should try ``text`` and every
-variant. Normalising ``text`` again returns it unchanged.
+way round in a variant ("b100d" -> "biood", variant "blood"). So does spacing next to a one-letter word:
+"a n u d e woman" is "anude woman", with the variant "a nude woman". A matcher should try ``text`` and
+every variant. Normalising ``text`` again returns it unchanged.
 """
 
 from __future__ import annotations
@@ -62,9 +63,12 @@ class NormalizedText:
     ``text`` is casefolded, with look-alikes, leetspeak, spaced-out letters, invisible characters and
     combining marks resolved and whitespace collapsed to single spaces. Punctuation stays where it was
     (it keeps the text readable for semantic scoring); match words against ``tokens``, the runs of
-    letters and digits. ``changes`` names each transformation that altered something, in pipeline
-    order, from: control, zero_width, whitespace, fullwidth, compatibility, homoglyph, accents,
-    combining, case, spacing, leetspeak, repeat.
+    letters and digits. ``variants`` are the other plausible readings, none equal to ``text`` and at
+    most seven: runs of a repeated letter reduced to one, "1" and "|" read as "l" and "i", a one-letter
+    word kept apart from spaced-out letters; a matcher tries ``text`` and each of them. ``changes``
+    names each transformation that altered something, in pipeline order, from: control, zero_width,
+    whitespace, fullwidth, compatibility, homoglyph, accents, combining, case, spacing, leetspeak,
+    repeat.
 
     Example:
         >>> result = normalize("A N.u.D.e  ph0t0")
@@ -142,9 +146,7 @@ def _enclosed_letters() -> dict[str, str]:
         0x1F170,  # NEGATIVE SQUARED LATIN CAPITAL LETTER A
         0x1F1E6,  # REGIONAL INDICATOR SYMBOL LETTER A
     )
-    return {
-        chr(first + offset): letter for first in first_code_points for offset, letter in enumerate(alphabet)
-    }
+    return {chr(first + offset): letter for first in first_code_points for offset, letter in enumerate(alphabet)}
 
 
 # Blocks holding the upper- and title-case partners of the look-alike letters (Latin, Greek, Cyrillic,
@@ -158,7 +160,7 @@ def _case_closed(pairs: str) -> dict[str, str]:
     Case folding runs after the look-alike tables, so without the closure "Ɪ" would fold to "ɪ" and only a
     second normalisation would map it to "i".
     """
-    table = dict(pair.split(":") for pair in pairs.split())
+    table = {key: value for key, value in (pair.split(":") for pair in pairs.split())}
     for first, stop in _CASED_BLOCKS:
         for code_point in range(first, stop):
             char = chr(code_point)
@@ -174,9 +176,7 @@ _LATIN_LOOKALIKES = _case_closed(
 )
 # Letters with a stroke and ligatures have no decomposition either: reported as accents. Sharp s is here
 # because case folding would turn it into ASCII after step 2 has judged its word non-Latin.
-_LATIN_LETTER_VARIANTS = _case_closed(
-    "ø:o đ:d ð:d ħ:h ł:l ŧ:t ƀ:b ɨ:i ʉ:u ƶ:z ǥ:g ɇ:e ɍ:r ɉ:j ĸ:k æ:ae œ:oe þ:th ß:ss"
-)
+_LATIN_LETTER_VARIANTS = _case_closed("ø:o đ:d ð:d ħ:h ł:l ŧ:t ƀ:b ɨ:i ʉ:u ƶ:z ǥ:g ɇ:e ɍ:r ɉ:j ĸ:k æ:ae œ:oe þ:th ß:ss")
 _ENCLOSED_LETTERS = _enclosed_letters()
 
 
@@ -448,6 +448,12 @@ def _word_spans(items: list[str]) -> list[bool]:
 
 def _decode_leet_chunk(chunk: str) -> tuple[str, str]:
     """One space-free chunk with leet words decoded, in the primary and the alternative reading."""
+    if not _LETTER.search(chunk):
+        return chunk, chunk
+    if chunk.isalnum():  # the common case: one word of letters and digits
+        if _kept_as_written(chunk):
+            return chunk, chunk
+        return chunk.translate(_LEET_PRIMARY), chunk.translate(_LEET_ALTERNATIVE)
     items = _LEET_ITEM.findall(chunk)
     in_word = _word_spans(items)
     primary: list[str] = []
@@ -549,9 +555,7 @@ def normalize(text: str) -> NormalizedText:
         flags |= _LEETSPEAK
     forms = []
     for decoded in decoded_readings:
-        collapsed_to_two, runs = (
-            _LETTER_RUN.subn(r"\1\1", decoded) if _ANY_RUN.search(decoded) else (decoded, 0)
-        )
+        collapsed_to_two, runs = _LETTER_RUN.subn(r"\1\1", decoded) if _ANY_RUN.search(decoded) else (decoded, 0)
         forms.append(collapsed_to_two)
         if runs:
             forms.append(_LETTER_RUN.sub(r"\1", decoded))
