@@ -16,7 +16,12 @@ PathLike = str | Path
 
 def bundled(kind: str, name: str) -> Path | None:
     """Path of ``configs/<kind>/<name>.yaml`` inside the installed package, or None if absent."""
-    resource = importlib.resources.files("safeguard.configs").joinpath(kind, f"{name}.yaml")
+    return bundled_file(kind, f"{name}.yaml")
+
+
+def bundled_file(kind: str, name: str) -> Path | None:
+    """Path of ``configs/<kind>/<name>`` inside the installed package, or None if absent."""
+    resource = importlib.resources.files("safeguard.configs").joinpath(kind, name)
     return Path(str(resource)) if resource.is_file() else None
 
 

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,8 @@ __all__ = [
     "OVERRIDES",
     "REDACTIONS",
     "STEERING_STRENGTHS",
+    "ClipSettings",
+    "OpenClipSettings",
     "OutputSettings",
     "PromptSettings",
     "Settings",
@@ -43,7 +46,7 @@ ON_BLOCK = ("raise", "return")
 REDACTIONS = ("withhold", "blur", "pixelate", "black", "flag", "raise")
 STEERING_STRENGTHS = ("weak", "medium", "strong", "max")
 #: Keyword overrides accepted by protect() and the check_* functions, next to ``preset`` and ``config``.
-OVERRIDES = ("prompt", "steering", "output", "on_block", "redaction")
+OVERRIDES = ("prompt", "steering", "output", "on_block", "redaction", "image_model")
 
 # The schema of every layer: a layer may set any of these keys and no other.
 _DEFAULTS: dict[str, Any] = {
@@ -62,15 +65,51 @@ _DEFAULTS: dict[str, Any] = {
         "backends": ["opennsfw"],
         "redaction": "blur",
         "thresholds": {"default": {"block": 0.8}},
+        # Per-category redaction overriding ``redaction`` (category id -> withhold|blur|pixelate|black|flag).
+        "category_redaction": {},
+        # An image conjunction (a minor with sexual content) fires when each part scores at least this.
+        "conjunction_threshold": 0.5,
+        "clip": {
+            "weights": None,
+            "templates": ["{}", "a photo of {}", "an image of {}", "a drawing of {}"],
+            "neutral_concepts": [
+                "a photo",
+                "a landscape",
+                "a portrait of a person",
+                "a group of people",
+                "an animal",
+                "a building",
+                "food",
+                "an object",
+                "a vehicle",
+                "a drawing",
+                "a painting",
+                "a page of text",
+                "a logo",
+                "an abstract pattern",
+                "a diagram",
+                "a scientific image",
+                "a microscope image",
+            ],
+            "minor_concepts": ["a child", "a young girl", "a young boy", "a toddler", "a baby", "a schoolchild"],
+        },
+        "openclip": {"model": "ViT-L-14", "weights": None},
+        "compvis": {"weights": None},
+        "nudenet": {"min_score": 0.5, "min_skin": 0.1},
     },
 }
 _THRESHOLD_KEYS = ("steer", "block")
+_CATEGORY_REDACTIONS = ("withhold", "blur", "pixelate", "black", "flag")
 _USER_FILE_KEYS = ("preset",)
 
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Per-category thresholds of one stage: ``steer`` (may be None: no steer band) and ``block``."""
+    """Per-category thresholds of one stage: ``steer`` (may be None: no steer band) and ``block``.
+
+    A layer may set ``block: null``: the stage never blocks that category, so a score at or above ``steer``
+    is steered instead (``block`` is then ``math.inf``).
+    """
 
     default_steer: float | None
     default_block: float
@@ -95,11 +134,38 @@ class SteeringSettings:
 
 
 @dataclass(frozen=True)
+class ClipSettings:
+    """The zero-shot CLIP checker: weights (a path, a loaded model or None), prompt templates, concept sets."""
+
+    weights: Any = None
+    templates: tuple[str, ...] = ("{}",)
+    neutral_concepts: tuple[str, ...] = ()
+    minor_concepts: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OpenClipSettings:
+    """The open_clip checker: architecture name and weights (a checkpoint file or a cached pretrained tag)."""
+
+    model: str = "ViT-L-14"
+    weights: Any = None
+
+
+@dataclass(frozen=True)
 class OutputSettings:
     enabled: bool
     backends: tuple[str, ...]
     redaction: str
     thresholds: Thresholds
+    category_redaction: Mapping[str, str] = field(default_factory=dict)
+    conjunction_threshold: float = 0.5
+    clip: ClipSettings = field(default_factory=ClipSettings)
+    openclip: OpenClipSettings = field(default_factory=OpenClipSettings)
+    #: Folder of a diffusers checkpoint (or its ``safety_checker`` subfolder) for the ``compvis`` backend.
+    compvis_weights: Any = None
+    #: NudeNet: lowest detection confidence, and lowest skin-tone fraction inside a box, that count.
+    nudenet_min_score: float = 0.5
+    nudenet_min_skin: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -148,7 +214,8 @@ def resolve_settings(
     ``preset`` is a bundled preset name or a path to a preset file; ``None`` means the user file's
     ``preset:`` key or, failing that, ``balanced``. Threshold entries for categories not in
     ``policy_categories`` are ignored. Overrides: ``prompt``/``output`` (bool), ``steering`` (bool or a
-    strength name), ``on_block`` and ``redaction``; a preset with ``allow_toggles: false`` rejects any
+    strength name), ``on_block``, ``redaction`` and ``image_model`` (CLIP weights for the output stage:
+    a folder, a cached hub id or a loaded model; never copied); a preset with ``allow_toggles: false`` rejects any
     override that weakens it.
 
     Raises:
@@ -210,6 +277,11 @@ def _validate_layer(
         here = f"{path}.{key}" if path else key
         if key == "thresholds":
             _validate_thresholds(value, f"{where}: {here}")
+        elif key == "category_redaction":
+            if not isinstance(value, Mapping) or any(v not in _CATEGORY_REDACTIONS for v in value.values()):
+                raise ConfigError(f"{where}: {here}: expected category id -> one of {', '.join(_CATEGORY_REDACTIONS)}")
+        elif key == "weights":
+            continue  # a path or a loaded model, checked when the backend loads it
         elif isinstance(schema[key], dict):
             _validate_layer(value, where, schema[key], here)
 
@@ -220,7 +292,7 @@ def _validate_thresholds(value: Any, where: str) -> None:
     for category, entry in value.items():
         check_keys(entry, _THRESHOLD_KEYS, f"{where}.{category}")
         for name, number in entry.items():
-            if number is None and name == "steer":
+            if number is None:  # steer: no steer band; block: never block, only steer
                 continue
             if isinstance(number, bool) or not isinstance(number, int | float) or not 0.0 <= number <= 1.0:
                 raise ConfigError(f"{where}.{category}.{name}: expected a number in [0, 1], got {number!r}")
@@ -231,7 +303,8 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
         if isinstance(value, Mapping) and isinstance(base.get(key), dict):
             _merge(base[key], value)
         else:
-            base[key] = copy.deepcopy(value)
+            # Weights may be a loaded model: keep the user's object, never a copy of it.
+            base[key] = value if key == "weights" else copy.deepcopy(value)
 
 
 def _apply_overrides(merged: dict[str, Any], overrides: Mapping[str, Any], preset: str) -> None:
@@ -265,6 +338,9 @@ def _apply_overrides(merged: dict[str, Any], overrides: Mapping[str, Any], prese
         if strict and overrides["on_block"] != merged["on_block"]:
             forbid("on_block", overrides["on_block"])
         merged["on_block"] = overrides["on_block"]
+    if "image_model" in overrides:
+        # CLIP weights for the output stage: a folder, a loaded CLIPModel or an encoder (never copied).
+        merged["output"]["clip"]["weights"] = overrides["image_model"]
     if "redaction" in overrides:
         if strict and overrides["redaction"] == "flag":
             forbid("redaction", "flag")
@@ -276,13 +352,15 @@ def _thresholds(raw: Mapping[str, Any], where: str, categories: tuple[str, ...] 
     if "block" not in default:
         raise ConfigError(f"{where}.default: a block threshold is required")
     default_steer = default.get("steer")
+    default_block = math.inf if default["block"] is None else default["block"]
     per_category: dict[str, tuple[float | None, float]] = {}
     for category, entry in raw.items():
         if category == "default" or (categories is not None and category not in categories):
             continue
-        per_category[category] = (entry.get("steer", default_steer), entry.get("block", default["block"]))
-    thresholds = Thresholds(default_steer, default["block"], MappingProxyType(per_category))
-    for category, (steer, block) in [("default", (default_steer, default["block"])), *per_category.items()]:
+        block = entry.get("block", default_block)
+        per_category[category] = (entry.get("steer", default_steer), math.inf if block is None else block)
+    thresholds = Thresholds(default_steer, default_block, MappingProxyType(per_category))
+    for category, (steer, block) in [("default", (default_steer, default_block)), *per_category.items()]:
         if steer is not None and steer > block:
             raise ConfigError(f"{where}.{category}: steer threshold {steer} is above block threshold {block}")
     return thresholds
@@ -328,6 +406,32 @@ def _build(
             backends=tuple(backends),
             redaction=choice(output["redaction"], REDACTIONS, "output.redaction"),
             thresholds=_thresholds(output["thresholds"], "output.thresholds", categories),
+            category_redaction=MappingProxyType(dict(output["category_redaction"])),
+            conjunction_threshold=_unit(output["conjunction_threshold"], "output.conjunction_threshold"),
+            clip=_clip_settings(output["clip"]),
+            openclip=OpenClipSettings(model=str(output["openclip"]["model"]), weights=output["openclip"]["weights"]),
+            compvis_weights=output["compvis"]["weights"],
+            nudenet_min_score=_unit(output["nudenet"]["min_score"], "output.nudenet.min_score"),
+            nudenet_min_skin=_unit(output["nudenet"]["min_skin"], "output.nudenet.min_skin"),
         ),
         layers=layers,
     )
+
+
+def _unit(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+        raise ConfigError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _clip_settings(raw: Mapping[str, Any]) -> ClipSettings:
+    lists = {}
+    for name in ("templates", "neutral_concepts", "minor_concepts"):
+        value = raw[name]
+        if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+            raise ConfigError(f"output.clip.{name} must be a list of non-empty strings, got {value!r}")
+        lists[name] = tuple(value)
+    bad = [t for t in lists["templates"] if t.count("{}") != 1]
+    if bad or not lists["templates"]:
+        raise ConfigError(f"output.clip.templates: each template needs exactly one '{{}}', got {bad or '[]'}")
+    return ClipSettings(weights=raw["weights"], **lists)

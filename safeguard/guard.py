@@ -24,8 +24,9 @@ from safeguard.errors import ImageBlocked, InputError
 from safeguard.policy import DEFAULT_POLICY, Policy, load_policy
 from safeguard.redact import redact
 from safeguard.stages.base import ImageStage, PromptStage, SteeringStage
+from safeguard.stages.combine import apply_image_conjunctions, redaction_plan
 from safeguard.stages.image import build_image_stages
-from safeguard.stages.prompt import build_prompt_stage
+from safeguard.stages.prompt import build_prompt_stages
 from safeguard.stages.steering import build_steering_stage
 from safeguard.verdict import STAGE_FAILURE, Action, Finding, Verdict
 
@@ -42,7 +43,7 @@ class Guard:
     def __init__(self, policy: Policy, settings: Settings) -> None:
         self.policy = policy
         self.settings = settings
-        self.prompt_stage: PromptStage = build_prompt_stage(policy, settings)
+        self.prompt_stages: tuple[PromptStage, ...] = build_prompt_stages(policy, settings)
         self.steering_stage: SteeringStage | None = build_steering_stage(policy, settings)
         self.image_stages: tuple[ImageStage, ...]
         self.skipped_backends: tuple[str, ...]
@@ -82,7 +83,12 @@ class Guard:
                 raise InputError(f"prompt {i} has {len(prompt)} characters; the limit is {limit} (prompt.max_chars)")
         if not prompts:
             return []
-        return self._run(self.prompt_stage, lambda: self.prompt_stage.check(list(prompts)), len(prompts), "prompt")
+        prompts = list(prompts)
+        per_stage = [
+            self._run(stage, lambda stage=stage: stage.check(prompts), len(prompts), "prompt")
+            for stage in self.prompt_stages
+        ]
+        return [Verdict.combine(group) for group in zip(*per_stage, strict=True)]
 
     # -- images ----------------------------------------------------------------------------------------
     def check_images(self, images: torch.Tensor) -> list[Verdict]:
@@ -101,7 +107,8 @@ class Guard:
         for stage in self.image_stages:
             found = self._run(stage, lambda stage=stage: stage.check(images), count, "output")
             verdicts = [Verdict.combine(pair) for pair in zip(verdicts, found, strict=True)]
-        return verdicts
+        # Conjunctions (a minor with sexual content) fire on the scores of all backends together.
+        return apply_image_conjunctions(self.policy, self.settings.output, verdicts) if self.image_stages else verdicts
 
     def apply_redaction(self, images: torch.Tensor, verdicts: Sequence[Verdict]) -> tuple[torch.Tensor, list[int]]:
         """Redact the blocked images of a ``[0, 1]`` batch; return the new batch and the withheld indices.
@@ -118,13 +125,16 @@ class Guard:
         if method == "raise":
             combined = Verdict.combine(verdicts[i] for i in blocked)
             raise ImageBlocked(f"{len(blocked)} image(s) blocked: {combined}", combined, tuple(verdicts))
-        withheld = [i for i in blocked if method == "withhold" or _must_withhold(verdicts[i])]
+        # Per image: the preset's method or a per-category one (output.category_redaction), detector boxes
+        # for pixelate when every blocking finding has them.
+        plans = {i: redaction_plan(verdicts[i], self.settings.output) for i in blocked}
+        withheld = [i for i in blocked if plans[i][0] == "withhold" or _must_withhold(verdicts[i])]
         redacted = images.clone()
         for i in blocked:
             if i in withheld:
                 redacted[i : i + 1] = redact(images[i : i + 1], "withhold")
-            elif method != "flag":
-                redacted[i : i + 1] = redact(images[i : i + 1], method)
+            elif plans[i][0] != "flag":
+                redacted[i : i + 1] = redact(images[i : i + 1], plans[i][0], plans[i][1])
         return redacted, withheld
 
     def to(self, device: torch.device | str) -> Guard:

@@ -30,6 +30,7 @@ from safeguard.errors import ConfigError, InputError, PromptBlocked
 from safeguard.guard import Guard
 from safeguard.pipelines import PipelineSpec, spec_for
 from safeguard.policy import DEFAULT_POLICY, Policy
+from safeguard.stages.combine import redaction_plan
 from safeguard.verdict import Verdict
 
 __all__ = ["ProtectedPipeline", "ProtectedPipelineOutput", "protect", "unprotect"]
@@ -117,7 +118,8 @@ class ProtectedPipeline:
 
         interception = _PostprocessInterception(guard)
         steering = guard.steering_stage
-        steered = steering.apply(self._pipeline, kwargs, prompt_verdicts) if steering else nullcontext()
+        # arguments names the positional ones too: steering reads the prompt text wherever it was passed.
+        steered = steering.apply(self._pipeline, kwargs, prompt_verdicts, arguments) if steering else nullcontext()
         with steered, interception.installed(self._pipeline.image_processor):
             result = self._pipeline(*args, **kwargs)
 
@@ -198,7 +200,8 @@ class _PostprocessInterception:
             redacted, withheld = self.guard.apply_redaction(unit, verdicts)
             changed = image.clone()
             for i, verdict in enumerate(verdicts):
-                if i in withheld or (verdict.blocked and self.guard.settings.output.redaction != "flag"):
+                flag_only = redaction_plan(verdict, self.guard.settings.output)[0] == "flag"
+                if i in withheld or (verdict.blocked and not flag_only):
                     changed[i] = redacted[i] * 2 - 1 if denormalize[i] else redacted[i]
             self._seen[key] = (verdicts, withheld, changed)
         self.verdicts, withheld, changed = self._seen[key]
@@ -258,7 +261,8 @@ def protect(
         preset: ``"balanced"`` (default), ``"strict"``, ``"research"`` or a path to a preset file.
         config: a user YAML file (or mapping) layered over the preset.
         **overrides: stage toggles ``prompt``, ``steering``, ``output`` and ``on_block``/``redaction``,
-            where the preset allows them.
+            where the preset allows them; ``image_model=`` gives the CLIP output checker its weights (a folder,
+            a hub id already in the local cache, or a loaded ``CLIPModel``).
 
     Raises:
         UnsupportedPipelineError: the pipeline class is not supported.

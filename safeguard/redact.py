@@ -12,6 +12,8 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -43,12 +45,24 @@ def black(images: torch.Tensor) -> torch.Tensor:
     return torch.zeros_like(images)
 
 
-def redact(images: torch.Tensor, method: str) -> torch.Tensor:
+def redact(images: torch.Tensor, method: str, regions: Sequence[tuple[int, int, int, int]] = ()) -> torch.Tensor:
     """Apply a redaction by name: ``blur``, ``pixelate`` or ``black``; ``withhold`` also gives black pixels.
+
+    With ``regions`` (boxes ``(x0, y0, x1, y1)`` in pixels, e.g. from a detector), ``blur`` and ``pixelate``
+    cover only those boxes; the rest of the image is left as it is.
 
     Raises:
         ValueError: for any other name.
     """
+    if regions and method in ("blur", "pixelate"):
+        out = images.clone()
+        height, width = images.shape[-2:]
+        for x0, y0, x1, y1 in regions:
+            x0, y0, x1, y1 = max(0, x0), max(0, y0), min(width, x1), min(height, y1)
+            if x1 > x0 and y1 > y0:
+                box = out[..., y0:y1, x0:x1]
+                out[..., y0:y1, x0:x1] = blur(box) if method == "blur" else pixelate(box, cells=8)
+        return out
     if method == "blur":
         return blur(images)
     if method == "pixelate":

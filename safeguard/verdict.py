@@ -56,6 +56,8 @@ class Finding:
         source: the rule or backend that produced it, e.g. ``"keyword"``, ``"opennsfw"``.
         detail: a short human-readable explanation (matched phrase, exception text).
         locked: the finding comes from a rule no preset, toggle or override can disable.
+        regions: for image findings from a detector, the boxes ``(x0, y0, x1, y1)`` in pixels of the checked
+            image where it saw the content; empty when the finding concerns the whole image.
     """
 
     category: str
@@ -66,6 +68,7 @@ class Finding:
     source: str
     detail: str = ""
     locked: bool = False
+    regions: tuple[tuple[int, int, int, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +80,8 @@ class Finding:
             "source": self.source,
             "detail": self.detail,
             "locked": self.locked,
+            # Only detector findings carry boxes; other records keep their established shape.
+            **({"regions": [list(r) for r in self.regions]} if self.regions else {}),
         }
 
 

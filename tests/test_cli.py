@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from safeguard.cli import EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR, main
+from safeguard.config import resolve_settings
 
 
 def test_check_table_and_exit_codes(capsys):
@@ -13,7 +14,8 @@ def test_check_table_and_exit_codes(capsys):
     assert out.startswith("ALLOW") and "stability-aup-2025-07-31" in out
     assert main(["check", "a pipe bomb"]) == EXIT_BLOCKED
     out = capsys.readouterr().out
-    assert "BLOCK" in out and "weapons" in out and "score 1.000 >= 0.500" in out
+    _, block = resolve_settings().prompt.thresholds.for_category("weapons")
+    assert "BLOCK" in out and "weapons" in out and f"score 1.000 >= {block:.3f}" in out
 
 
 def test_check_json(capsys):

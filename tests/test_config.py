@@ -83,6 +83,8 @@ def test_toggles_follow_the_preset():
     assert resolve_settings("strict", prompt=True, redaction="blur").output.redaction == "blur"
 
 
-def test_steering_is_refused_until_it_exists():
-    with pytest.raises(ConfigError, match="steering stage is not available"):
-        safeguard.check_prompt("a cat", preset="research", steering="strong")
+def test_steering_strengths_build_the_steering_stage():
+    # Checking a prompt does not steer anything, but the stage (and its preset file) must build.
+    assert not safeguard.check_prompt("a cat", preset="research", steering="strong").flagged
+    with pytest.raises(ConfigError, match=r"steering\.strength"):
+        resolve_settings("research", steering="gentle")

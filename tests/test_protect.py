@@ -30,9 +30,10 @@ def test_explicit_sexual_prompt_raises_before_any_denoiser_step(make_pipeline):
     assert calls[0] == 0
     verdict = raised.value.verdict
     assert verdict.blocked and "sexual" in verdict.categories and verdict.categories["sexual"]
-    finding = next(f for f in verdict.findings if f.category == "sexual")
-    assert (finding.score, finding.threshold, finding.stage) == (1.0, 0.5, "prompt")
-    assert verdict.policy_version == "2025-07-31.1"
+    finding = next(f for f in verdict.findings if f.category == "sexual" and f.source == "keyword")
+    _, block = guarded.guard.settings.prompt.thresholds.for_category("sexual")
+    assert (finding.score, finding.threshold, finding.stage) == (1.0, block, "prompt")
+    assert verdict.policy_version == safeguard.load_policy().version
 
 
 @pytest.mark.parametrize("output_type", ["pil", "np", "pt"])
@@ -189,3 +190,19 @@ def test_blocked_images_are_redacted_per_preset(redaction, expect):
         assert np.array_equal(np.asarray(image), np.asarray(plain))
     else:
         assert image.size == plain.size and not np.array_equal(np.asarray(image), np.asarray(plain))
+
+
+def test_img2img_pipelines_are_protected_too():
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from safeguard.testing import tiny
+
+    pipe = StableDiffusionImg2ImgPipeline(**tiny.sd_pipeline().components)
+    init = Image.new("RGB", (64, 64), (120, 80, 200))
+    plain = pipe("a lighthouse", image=init, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    guarded = safeguard.protect(pipe)
+    out = guarded("a lighthouse", image=init, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
+    assert np.array_equal(np.asarray(out.images[0]), np.asarray(plain.images[0]))
+    with count_denoiser_calls(pipe) as calls, pytest.raises(PromptBlocked):
+        guarded("a pipe bomb", image=init, num_inference_steps=4)
+    assert calls[0] == 0

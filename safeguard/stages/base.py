@@ -10,7 +10,7 @@ Stages may raise or return invalid scores: :class:`safeguard.guard.Guard` turns 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
@@ -46,11 +46,16 @@ class SteeringStage(Protocol):
     """Changes how a pipeline generates, for one call only.
 
     ``apply`` returns a context manager; entering it installs hooks or edits the call's keyword arguments
-    in place, leaving it removes every hook, even when the pipeline call raised.
+    in place, leaving it removes every hook, even when the pipeline call raised. ``arguments`` holds every
+    argument of the call by name (positional ones and defaults included), read-only.
     """
 
     name: str
 
     def apply(
-        self, pipeline: Any, call_kwargs: dict[str, Any], prompt_verdicts: Sequence[Verdict]
+        self,
+        pipeline: Any,
+        call_kwargs: dict[str, Any],
+        prompt_verdicts: Sequence[Verdict],
+        arguments: Mapping[str, Any] | None = None,
     ) -> AbstractContextManager[None]: ...

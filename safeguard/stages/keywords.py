@@ -26,14 +26,14 @@ from safeguard.normalize import normalize
 from safeguard.policy import Policy
 from safeguard.verdict import Action, Finding, Verdict
 
-__all__ = ["KeywordPromptStage", "PhraseMatcher"]
+__all__ = ["KeywordPromptStage", "PhraseMatcher", "stem"]
 
 #: Score of a keyword or conjunction match, and the fixed threshold of locked rules (no preset can move it).
 MATCH_SCORE = 1.0
 LOCKED_THRESHOLD = 0.5
 
 
-def _stem(word: str) -> str:
+def stem(word: str) -> str:
     """A light singular form, so that keyword and prompt plurals meet ("nudes" -> "nude")."""
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
@@ -68,7 +68,7 @@ class PhraseMatcher:
                 continue
             *head, last = words
             is_prefix = last.endswith("*")
-            words = (*(_stem(w) for w in head), last.rstrip("*") if is_prefix else _stem(last))
+            words = (*(stem(w) for w in head), last.rstrip("*") if is_prefix else stem(last))
             if is_prefix and len(words) == 1:
                 self._prefixes.append((words[0], words, label, phrase))
             else:
@@ -157,7 +157,7 @@ class KeywordPromptStage:
         signals: set[str] = set()
         forms = (normalized.tokens, *(_WORD.findall(v) for v in normalized.variants))
         for tokens in forms:
-            words = [_stem(w) for w in tokens]
+            words = [stem(w) for w in tokens]
             matches = self._matcher.find(words)
             allowed = [m for m in matches if m.label.startswith("a:")]
             for match in matches:

@@ -1,24 +1,250 @@
-"""Building the steering stage from a policy and the preset's ``steering`` settings."""
+"""The steering stage: embedding projection and safety guidance for prompts in the steering band.
+
+Steering is adaptive. A prompt is steered, for a category, when
+
+- the prompt stage gave it a finding for that category with action ``steer`` (or ``block``, which only
+  reaches this stage from rules that do not stop the call), or
+- the prompt stage is off, or the call passed ``prompt_embeds`` instead of text: the stage's own concept
+  score for the category (:mod:`safeguard.steering.projection`, a [0, 1] scale computed with the pipeline's
+  own text encoder) reaches the lower bound of the category's steering band, the preset's prompt ``steer``
+  threshold (its ``block`` threshold where it has no steer band). Block-level scores are steered too.
+
+A call with no steered prompt installs nothing and does no extra work, so its output is bit-identical to the
+unprotected pipeline's. A steered call gets two forward hooks on the denoiser, removed when the call ends,
+also when it raises: they swap in projected embeddings for the steered prompts' rows and, when the preset
+asks for it, add safety guidance (:mod:`safeguard.steering.guidance`). No component is modified.
+
+Example:
+    >>> import safeguard
+    >>> from safeguard.testing import tiny
+    >>> guarded = safeguard.protect(tiny.sd_pipeline(), preset="research", output=False, steering="weak")
+    >>> guarded.guard.steering_stage.preset.name
+    'weak'
+"""
 
 from __future__ import annotations
 
-from safeguard.config import Settings
-from safeguard.errors import ConfigError
-from safeguard.policy import Policy
-from safeguard.stages.base import SteeringStage
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
-__all__ = ["build_steering_stage"]
+import torch
+
+from safeguard.config import Settings
+from safeguard.errors import InputError
+from safeguard.policy import Category, Policy
+from safeguard.stages.base import SteeringStage
+from safeguard.steering.adapters import Encoded, FamilyAdapter, adapter_for
+from safeguard.steering.guidance import CallPlan, DenoiserHooks
+from safeguard.steering.presets import SteeringPreset, load_steering_preset
+from safeguard.steering.projection import (
+    ConceptScorer,
+    merge_bases,
+    neutral_phrase,
+    orthonormal_basis,
+    project,
+    steering_phrases,
+)
+from safeguard.verdict import Action, Verdict
+
+__all__ = ["ConceptSteeringStage", "build_steering_stage"]
+
+
+class ConceptSteeringStage:
+    """Projection and safety guidance for the policy's categories, under one steering preset.
+
+    Concept encodings are made with each pipeline's own text encoders on first use and cached per pipeline
+    (weakly: the cache never keeps a pipeline alive) and per conditioning length.
+    """
+
+    name = "steering"
+
+    def __init__(self, policy: Policy, settings: Settings, preset: SteeringPreset | None = None) -> None:
+        self.policy = policy
+        self.settings = settings
+        self.preset = preset or load_steering_preset(settings.steering.strength)
+        self.categories: dict[str, Category] = {
+            c.id: c for c in policy.categories if c.enforced and not c.locked and steering_phrases(c)
+        }
+        self._caches: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
+        #: What the last steered call did: ``{"calls": guided denoiser calls, "extra_rows": ...}``.
+        self.last_stats: dict[str, int] = {}
+
+    # -- the stage interface ---------------------------------------------------------------------------
+    def apply(
+        self,
+        pipeline: Any,
+        call_kwargs: dict[str, Any],
+        prompt_verdicts: Sequence[Verdict],
+        arguments: Mapping[str, Any] | None = None,
+    ) -> AbstractContextManager[None]:
+        """Steer this call's flagged prompts; a call with none gets a no-op context and no hook.
+
+        ``arguments`` are all of the call's arguments by name (positional ones included); without them the
+        stage reads ``call_kwargs``.
+        """
+        adapter = adapter_for(type(pipeline))
+        steer = self.categories_to_steer(pipeline, prompt_verdicts, arguments if arguments is not None else call_kwargs)
+        if not any(steer):
+            return nullcontext()
+        return self._steered(pipeline, adapter, steer)
+
+    def categories_to_steer(
+        self, pipeline: Any, prompt_verdicts: Sequence[Verdict], arguments: Mapping[str, Any]
+    ) -> list[tuple[str, ...]]:
+        """Per prompt, the categories to steer (empty for a prompt left alone)."""
+        chosen: list[set[str]] = [set() for _ in prompt_verdicts]
+        for i, verdict in enumerate(prompt_verdicts):
+            for finding in verdict.findings:
+                if finding.action in (Action.STEER, Action.BLOCK) and finding.category in self.categories:
+                    chosen[i].add(finding.category)
+        prompt = arguments.get("prompt")
+        if self.categories and (prompt is None or not self.settings.prompt.enabled):
+            scores = self.concept_scores(pipeline, prompt, arguments)
+            for category, values in scores.items():
+                steer, block = self.settings.prompt.thresholds.for_category(category)
+                lower = steer if steer is not None else block
+                for i, value in enumerate(values.tolist()[: len(chosen)]):
+                    if value >= lower:
+                        chosen[i].add(category)
+        return [tuple(sorted(c)) for c in chosen]
+
+    def concept_scores(
+        self, pipeline: Any, prompt: str | list[str] | None, arguments: Mapping[str, Any] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The stage's own [0, 1] concept score per category for each prompt (or ``prompt_embeds`` row).
+
+        Example:
+            >>> import safeguard
+            >>> from safeguard.testing import tiny
+            >>> pipe = tiny.sd_pipeline()
+            >>> stage = safeguard.protect(pipe, preset="research", steering=True).guard.steering_stage
+            >>> scores = stage.concept_scores(pipe, ["a lighthouse", "a gory battlefield"])
+            >>> scores["gore"].shape, all(0.0 <= float(s) <= 1.0 for s in scores["gore"])
+            (torch.Size([2]), True)
+        """
+        adapter = adapter_for(type(pipeline))
+        if prompt is not None:
+            texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            summaries = adapter.encode(pipeline, texts).summary()
+        else:
+            arguments = arguments or {}
+            embeds = arguments.get("prompt_embeds")
+            if embeds is None:
+                raise InputError("give a prompt or prompt_embeds")
+            summaries = Encoded(embeds, arguments.get("pooled_prompt_embeds")).summary()
+        return {c: self._scorer(pipeline, adapter, c).score(summaries).cpu() for c in self.categories}
+
+    # -- one steered call ------------------------------------------------------------------------------
+    @contextmanager
+    def _steered(self, pipe: Any, adapter: FamilyAdapter, steer: list[tuple[str, ...]]) -> Iterator[None]:
+        preset = self.preset
+        params = preset.projection
+
+        def project_fn(own: Encoded, length: int) -> list[Encoded | None]:
+            empty = self._empty(pipe, adapter, length)
+            out: list[Encoded | None] = []
+            for j, categories in enumerate(steer):
+                if not categories:
+                    out.append(None)
+                    continue
+                basis = merge_bases([self._token_basis(pipe, adapter, c, length) for c in categories])
+                tokens = project(
+                    own.tokens[j], basis.to(own.tokens.device), empty.tokens[0], params.alpha, params.token_threshold
+                )
+                pooled = None
+                if own.pooled is not None and empty.pooled is not None:
+                    pooled_basis = merge_bases([self._pooled_basis(pipe, adapter, c) for c in categories])
+                    pooled = project(
+                        own.pooled[j : j + 1], pooled_basis.to(own.pooled.device), empty.pooled, params.alpha, 0.0
+                    )
+                out.append(Encoded(tokens.unsqueeze(0), pooled))
+            return out
+
+        def concept_fn(length: int) -> list[Encoded | None]:
+            return [self._concept(pipe, adapter, c, length) if c else None for c in steer]
+
+        plan = CallPlan(
+            flagged=[bool(c) for c in steer],
+            project_fn=project_fn,
+            concept_fn=concept_fn,
+            empty_fn=lambda length: self._empty(pipe, adapter, length),
+            preset=preset,
+        )
+        self.last_stats = plan.stats
+        hooks = DenoiserHooks(pipe, adapter, plan)
+        try:
+            hooks.install()
+            yield
+        finally:
+            hooks.remove()
+
+    # -- cached concept encodings ----------------------------------------------------------------------
+    def _cached(self, pipe: Any, adapter: FamilyAdapter, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+        cache = self._caches.setdefault(pipe, {})
+        full_key = (*key, adapter.encoders(pipe), str(pipe._execution_device))
+        if full_key not in cache:
+            cache[full_key] = make()
+        return cache[full_key]
+
+    def _pairs(self, category: str) -> tuple[list[str], list[str]]:
+        cat = self.categories[category]
+        concepts = list(steering_phrases(cat))
+        return concepts, [neutral_phrase(p, cat.keywords) for p in concepts]
+
+    def _pair_encodings(self, pipe: Any, adapter: FamilyAdapter, category: str, length: int | None) -> Any:
+        def make() -> tuple[Encoded, Encoded]:
+            concepts, neutrals = self._pairs(category)
+            return adapter.encode(pipe, concepts, length), adapter.encode(pipe, neutrals, length)
+
+        return self._cached(pipe, adapter, ("pairs", category, length), make)
+
+    def _scorer(self, pipe: Any, adapter: FamilyAdapter, category: str) -> ConceptScorer:
+        def make() -> ConceptScorer:
+            concepts, neutrals = self._pair_encodings(pipe, adapter, category, None)
+            return ConceptScorer.fit(concepts.summary(), neutrals.summary())
+
+        return self._cached(pipe, adapter, ("scorer", category), make)
+
+    def _token_basis(self, pipe: Any, adapter: FamilyAdapter, category: str, length: int) -> torch.Tensor:
+        def make() -> torch.Tensor:
+            concepts, neutrals = self._pair_encodings(pipe, adapter, category, length)
+            rows = (concepts.tokens - neutrals.tokens)[:, 1:].reshape(-1, concepts.tokens.shape[-1])
+            return orthonormal_basis(rows, self.preset.projection.energy, self.preset.projection.max_rank)
+
+        return self._cached(pipe, adapter, ("tokens", category, length), make)
+
+    def _pooled_basis(self, pipe: Any, adapter: FamilyAdapter, category: str) -> torch.Tensor:
+        def make() -> torch.Tensor:
+            concepts, neutrals = self._pair_encodings(pipe, adapter, category, None)
+            rows = concepts.pooled - neutrals.pooled  # type: ignore[operator]
+            return orthonormal_basis(rows, self.preset.projection.energy, self.preset.projection.max_rank)
+
+        return self._cached(pipe, adapter, ("pooled", category), make)
+
+    def _concept(self, pipe: Any, adapter: FamilyAdapter, categories: tuple[str, ...], length: int) -> Encoded:
+        # SLD's safety concept is one text listing the concepts; one per set of categories a prompt hits.
+        text = ", ".join(p for c in categories for p in steering_phrases(self.categories[c]))
+        return self._cached(
+            pipe, adapter, ("concept", categories, length), lambda: adapter.encode(pipe, [text], length)
+        )
+
+    def _empty(self, pipe: Any, adapter: FamilyAdapter, length: int) -> Encoded:
+        return self._cached(pipe, adapter, ("empty", length), lambda: adapter.encode(pipe, [""], length))
 
 
 def build_steering_stage(policy: Policy, settings: Settings) -> SteeringStage | None:
     """The steering stage for these settings, or None when steering is off.
 
-    Raises:
-        ConfigError: steering is asked for but not available.
+    Example:
+        >>> from safeguard.config import resolve_settings
+        >>> from safeguard.policy import load_policy
+        >>> build_steering_stage(load_policy(), resolve_settings()) is None
+        True
+        >>> build_steering_stage(load_policy(), resolve_settings(preset="research", steering="max")).preset.name
+        'max'
     """
     if not settings.steering.enabled:
         return None
-    raise ConfigError(
-        "the steering stage is not available in this version of safeguard; "
-        f"turn it off (steering=False) to use preset {settings.preset!r}"
-    )
+    return ConceptSteeringStage(policy, settings)

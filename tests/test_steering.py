@@ -1,0 +1,285 @@
+"""The steering stage on tiny real SD 1.x, SDXL, SD3 and Flux pipelines: projection, safety guidance, adaptivity."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import hook_count
+
+import safeguard
+from safeguard.config import resolve_settings
+from safeguard.errors import ConfigError, UnsupportedPipelineError
+from safeguard.stages.steering import ConceptSteeringStage
+from safeguard.steering import (
+    adapter_for,
+    available_steering_presets,
+    load_steering_preset,
+    neutral_phrase,
+    orthonormal_basis,
+    project,
+    sld_term,
+)
+from safeguard.testing.toy import POLICY_PATH
+from safeguard.verdict import Action
+
+STEPS = 2
+# Keyword hits on the toy policy's "red" are steered, never blocked: `block: null` means "only steer".
+STEER_ONLY = {"prompt": {"thresholds": {"default": {"steer": 0.5, "block": None}}}}
+
+
+def _run(pipe, prompt, **kwargs):
+    kwargs.setdefault("num_inference_steps", STEPS)
+    kwargs.setdefault("output_type", "np")
+    return pipe(prompt, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def _protect(pipe, steering, config=STEER_ONLY, **kwargs):
+    return safeguard.protect(
+        pipe, policy=POLICY_PATH, preset="research", output=False, config=config, steering=steering, **kwargs
+    )
+
+
+def _components(pipe):
+    return {k: c for k, c in pipe.components.items() if isinstance(c, torch.nn.Module)}
+
+
+def _snapshot(pipe):
+    return {
+        name: (
+            {k: v.clone() for k, v in c.state_dict().items()},
+            hook_count(c),
+            sorted(vars(c)),
+            [sorted(vars(m)) for m in c.modules()],
+        )
+        for name, c in _components(pipe).items()
+    }
+
+
+def _assert_same(before, after):
+    assert before.keys() == after.keys()
+    for name, (state, hooks, attrs, sub_attrs) in before.items():
+        state2, hooks2, attrs2, sub_attrs2 = after[name]
+        assert hooks == hooks2, name
+        assert attrs == attrs2 and sub_attrs == sub_attrs2, name
+        assert all(torch.equal(state[k], state2[k]) for k in state), name
+
+
+def _with_method(guarded, projection: bool, guidance: bool):
+    stage = guarded.guard.steering_stage
+    preset = stage.preset
+    stage.preset = dataclasses.replace(
+        preset,
+        projection=dataclasses.replace(preset.projection, enabled=projection),
+        guidance=dataclasses.replace(preset.guidance, enabled=guidance),
+    )
+    return guarded
+
+
+@contextlib.contextmanager
+def _rows_seen(pipe):
+    """Record the batch size of every denoiser call, as run (registered first, so it sees the raw output)."""
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    rows: list[int] = []
+
+    def hook(module, args, output):
+        rows.append((output[0] if isinstance(output, tuple) else output.sample).shape[0])
+
+    handle = denoiser.register_forward_hook(hook)
+    try:
+        yield rows
+    finally:
+        handle.remove()
+
+
+# -- all four families ---------------------------------------------------------------------------------
+def test_steering_changes_a_flagged_prompt_and_leaves_a_benign_one_bit_identical(family, make_pipeline):
+    pipe = make_pipeline()
+    plain = _run(_protect(pipe, False), "a red circle").images
+    plain_benign = _run(pipe, "a blue circle").images
+    guarded = _protect(pipe, "strong")
+    out = _run(guarded, "a red circle")
+    assert out.prompt_verdicts[0].action is Action.STEER
+    assert not np.array_equal(out.images, plain)
+    with _rows_seen(pipe) as rows:
+        benign = _run(guarded, "a blue circle")
+    assert np.array_equal(benign.images, plain_benign)
+    assert not benign.prompt_verdicts[0].flagged
+    # a benign prompt runs the denoiser exactly as without steering: no extra rows, no hook
+    assert rows == [1 if family == "flux" else 2] * STEPS
+
+
+@pytest.mark.parametrize(("projection", "guidance"), [(True, False), (False, True)])
+def test_each_method_alone_changes_the_flagged_output(family, make_pipeline, projection, guidance):
+    pipe = make_pipeline()
+    plain = _run(_protect(pipe, False), "a red circle").images
+    guarded = _with_method(_protect(pipe, "strong"), projection, guidance)
+    with _rows_seen(pipe) as rows:
+        out = _run(guarded, "a red circle").images
+    assert not np.array_equal(out, plain)
+    base = 1 if family == "flux" else 2
+    extra = (2 if family == "flux" else 1) if guidance else 0  # concept row (+ empty-prompt row without CFG)
+    assert rows == [base + extra] * STEPS
+
+
+def test_components_are_unchanged_after_a_call_and_after_a_call_that_raises(make_pipeline):
+    pipe = make_pipeline()
+    _run(pipe, "a red circle")  # transformers installs its own output-capturing hooks on the first call
+    guarded = _protect(pipe, "max")
+    _run(guarded, "a red circle")  # and the stage's concept encodings run the text encoders once
+    before = _snapshot(pipe)
+    _run(guarded, "a red circle")
+    _assert_same(before, _snapshot(pipe))
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("callback failed")
+
+    with pytest.raises(RuntimeError, match="callback failed"):
+        _run(guarded, "a red circle", callback_on_step_end=explode)
+    _assert_same(before, _snapshot(pipe))
+    assert "postprocess" not in vars(pipe.image_processor)
+
+
+def test_batches_steer_only_the_flagged_prompts(family, make_pipeline):
+    pipe = make_pipeline()
+    prompts = ["a blue circle", "a red circle"]
+    plain = _run(_protect(pipe, False), prompts, num_images_per_prompt=2).images
+    with _rows_seen(pipe) as rows:
+        out = _run(_protect(pipe, "medium"), prompts, num_images_per_prompt=2)
+    assert [v.action for v in out.prompt_verdicts] == [Action.ALLOW, Action.STEER]
+    base = 4 if family == "flux" else 8
+    assert rows == [base + (4 if family == "flux" else 2)] * STEPS
+    # the unflagged prompt's images do not depend on the flagged ones' steering
+    assert np.allclose(out.images[:2], plain[:2], atol=1e-5)
+    assert not np.allclose(out.images[2:], plain[2:], atol=1e-3)
+
+
+# -- adaptivity and own concept scores -----------------------------------------------------------------
+def test_benign_calls_install_nothing():
+    from safeguard.testing import tiny
+
+    pipe = tiny.sd_pipeline()
+    stage = _protect(pipe, "max").guard.steering_stage
+    verdicts = _protect(pipe, "max").guard.check_prompts(["a blue circle"])
+    assert isinstance(stage.apply(pipe, {}, verdicts, {"prompt": "a blue circle"}), contextlib.nullcontext)
+
+
+def test_with_the_prompt_stage_off_the_own_concept_score_decides_block_level_included():
+    from safeguard.testing import tiny
+
+    pipe = tiny.sd_pipeline()
+    # Random encoders make the score meaningless, so the thresholds pin the decision: every score is >= 0.
+    for thresholds in ({"steer": 0.0, "block": 1.0}, {"steer": None, "block": 0.0}):
+        config = {"prompt": {"thresholds": {"default": thresholds}}}
+        guarded = _protect(pipe, "weak", config=config, prompt=False)
+        stage = guarded.guard.steering_stage
+        verdicts = guarded.guard.check_prompts(["a blue circle"])
+        assert not verdicts[0].flagged
+        assert stage.categories_to_steer(pipe, verdicts, {"prompt": "a blue circle"}) == [("red",)]
+    scores = stage.concept_scores(pipe, ["a red shape", "a blue circle"])["red"]
+    assert scores.shape == (2,) and bool(((scores >= 0) & (scores <= 1)).all())
+    strict = _protect(pipe, "weak", config={"prompt": {"thresholds": {"default": {"steer": 1.0, "block": 1.0}}}},
+                      prompt=False)  # fmt: skip
+    # at most a perfect concept score reaches 1.0; a blue circle never does with these weights
+    assert strict.guard.steering_stage.categories_to_steer(pipe, verdicts, {"prompt": "a blue circle"}) in (
+        [()],
+        [("red",)],
+    )
+
+
+def test_prompt_embeds_are_steered_from_their_own_concept_score():
+    from safeguard.testing import tiny
+
+    pipe = tiny.sd_pipeline()
+    embeds, _ = pipe.encode_prompt("a red circle", "cpu", 1, False)
+    config = {"prompt": {"thresholds": {"default": {"steer": 0.0, "block": 1.0}}}}
+    plain = _run(pipe, None, prompt_embeds=embeds).images
+    out = _run(_protect(pipe, "weak", config=config), None, prompt_embeds=embeds).images
+    assert not np.array_equal(out, plain)
+    never = {"prompt": {"thresholds": {"default": {"steer": None, "block": 1.0}}}}
+    with contextlib.suppress(AssertionError):  # a score of exactly 1.0 would be steered; random weights
+        assert np.array_equal(_run(_protect(pipe, "weak", config=never), None, prompt_embeds=embeds).images, plain)
+
+
+def test_global_torch_state_is_untouched_by_steering():
+    from safeguard.testing import tiny
+
+    pipe = tiny.flux_pipeline()
+    threads, dtype, rng = torch.get_num_threads(), torch.get_default_dtype(), torch.random.get_rng_state()
+    _run(_protect(pipe, "max"), "a red circle")
+    assert torch.get_num_threads() == threads and torch.get_default_dtype() == dtype
+    assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+# -- presets, config and math --------------------------------------------------------------------------
+def test_presets_load_with_documented_costs():
+    assert available_steering_presets() == ["max", "medium", "strong", "weak"]
+    presets = {name: load_steering_preset(name) for name in ("weak", "medium", "strong", "max")}
+    assert [p.extra_rows(cfg=True) for p in presets.values()] == [0, 1, 1, 1]
+    assert [p.extra_rows(cfg=False) for p in presets.values()] == [0, 2, 2, 2]
+    scales = [p.guidance.scale for p in presets.values()]
+    assert scales == sorted(scales)
+    settings = resolve_settings(preset="research", steering="max")
+    assert ConceptSteeringStage(safeguard.load_policy(), settings).preset.name == "max"
+
+
+def test_bad_steering_preset_values_are_config_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("projection: {alpha: 3}\nguidance: {enabled: true}\n")
+    with pytest.raises(ConfigError, match=r"projection\.alpha"):
+        load_steering_preset(bad)
+    bad.write_text("projection: {}\nguidance: {warmup: 1.0}\n")
+    with pytest.raises(ConfigError, match=r"guidance\.warmup"):
+        load_steering_preset(bad)
+    with pytest.raises(ConfigError, match="unknown steering preset"):
+        load_steering_preset("gentle")
+
+
+def test_block_null_means_steer_only():
+    settings = resolve_settings(config=STEER_ONLY)
+    assert settings.prompt.thresholds.for_category("red") == (0.5, float("inf"))
+    with pytest.raises(ConfigError, match="expected a number"):
+        resolve_settings(config={"prompt": {"thresholds": {"default": {"steer": 0.5, "block": 1.5}}}})
+
+
+def test_unknown_pipeline_classes_have_no_adapter():
+    class NotAPipeline:
+        pass
+
+    with pytest.raises(UnsupportedPipelineError, match="NotAPipeline"):
+        adapter_for(NotAPipeline)
+
+
+def test_neutral_phrases_drop_the_keywords():
+    assert neutral_phrase("a crimson shape", ("red", "crimson")) == "a shape"
+    assert neutral_phrase("two reds", ("red",)) == "two"
+    assert neutral_phrase("a gory scene", ("gor*",)) == "a scene"
+    assert neutral_phrase("a bloody scene", ("blood*",)) == "a scene"
+
+
+def test_projection_removes_the_concept_and_keeps_the_rest():
+    generator = torch.Generator().manual_seed(0)
+    concept = torch.randn(3, 16, generator=generator)
+    basis = orthonormal_basis(concept, energy=0.999, max_rank=8)
+    assert basis.shape == (16, 3)
+    assert torch.allclose(basis.T @ basis, torch.eye(3), atol=1e-5)
+    reference = torch.randn(5, 16, generator=generator)
+    tokens = reference + torch.randn(5, 16, generator=generator)
+    out = project(tokens, basis, reference, alpha=1.0, token_threshold=0.0)
+    assert torch.allclose((out - reference) @ basis, torch.zeros(5, 3), atol=1e-5)
+    outside = torch.eye(16) - basis @ basis.T
+    assert torch.allclose(out @ outside, tokens @ outside, atol=1e-5)
+    # a threshold above every token's share keeps every token
+    assert torch.equal(project(tokens, basis, reference, alpha=1.0, token_threshold=1.01), tokens)
+
+
+def test_sld_term_follows_the_paper():
+    e_u, e_p = torch.zeros(3), torch.tensor([1.0, 1.0, 1.0])
+    e_s = torch.tensor([1.0005, 0.5, 2.0])
+    term = sld_term(e_p, e_s, e_u, scale=1000.0, threshold=0.01, weight=1.0)
+    # where e_p - e_S < lambda the mask is min(1, s_S |e_p - e_S|); elsewhere 0
+    assert torch.allclose(term, torch.tensor([0.5 * 1.0005, 0.0, 2.0]), atol=1e-3)
+    assert torch.allclose(sld_term(e_p, e_s, e_u, 1000.0, 0.01, weight=2.0), 2 * term)
