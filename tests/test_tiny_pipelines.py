@@ -48,9 +48,7 @@ def test_clip_tokenizer_has_the_real_clip_vocabulary() -> None:
 
 def test_clip_tokenizer_pads_and_decodes_like_a_pipeline_needs() -> None:
     tok = tiny.clip_tokenizer()
-    batch = tok(
-        ["a photo of a cat"], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
-    )
+    batch = tok(["a photo of a cat"], padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     assert batch.input_ids.shape == (1, 77)
     assert tok.batch_decode(batch.input_ids, skip_special_tokens=True) == ["a photo of a cat"]
 

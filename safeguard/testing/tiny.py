@@ -96,9 +96,7 @@ def _find_bpe_file() -> Path:
         path = Path(folder) / _BPE_FILE
         if path.is_file():
             return path
-    raise FileNotFoundError(
-        f"{_BPE_FILE} not found in the open_clip package at {spec.submodule_search_locations}"
-    )
+    raise FileNotFoundError(f"{_BPE_FILE} not found in the open_clip package at {spec.submodule_search_locations}")
 
 
 def _cache_root() -> Path:
