@@ -17,3 +17,7 @@ fi
 echo "==> installing diffusers-safeguard${1:-}"
 # The constraints make pip fail loudly if torchvision or opencv-python would land next to the CPU torch.
 "${pip[@]}" install -c scripts/constraints.txt -e ".${1:-}"
+# The tiny test pipelines and the demo rebuild the real CLIP vocabulary from the BPE file inside the open_clip
+# wheel. open_clip itself needs torchvision, which these CPU machines cannot have, so only the wheel's files are
+# installed, without its dependencies (pip check will complain about that; nothing here relies on pip check).
+"${pip[@]}" install --no-deps "open-clip-torch>=2.24"
