@@ -25,6 +25,7 @@ from safeguard.policy import DEFAULT_POLICY, Policy, load_policy
 from safeguard.redact import redact
 from safeguard.stages.base import ImageStage, PromptStage, SteeringStage
 from safeguard.stages.combine import apply_image_conjunctions, redaction_plan
+from safeguard.stages.encoder import EncoderPromptStage
 from safeguard.stages.image import build_image_stages
 from safeguard.stages.prompt import build_prompt_stages
 from safeguard.stages.steering import build_steering_stage
@@ -48,6 +49,8 @@ class Guard:
         self.image_stages: tuple[ImageStage, ...]
         self.skipped_backends: tuple[str, ...]
         self.image_stages, self.skipped_backends = build_image_stages(policy, settings.output)
+        #: Scores with the protected pipeline's own text encoder, when the policy has a calibration for it.
+        self.encoder_stage: EncoderPromptStage | None = None
 
     @classmethod
     def create(
@@ -89,6 +92,32 @@ class Guard:
             for stage in self.prompt_stages
         ]
         return [Verdict.combine(group) for group in zip(*per_stage, strict=True)]
+
+    def attach_pipeline(self, pipeline: Any) -> None:
+        """Add the pipeline's own text encoder to the prompt stages, if the policy has a calibration for it.
+
+        Example:
+            >>> from safeguard.testing import tiny
+            >>> guard = Guard.create(preset="balanced")
+            >>> guard.attach_pipeline(tiny.sd_pipeline())  # a random encoder: no calibration matches
+            >>> guard.encoder_stage is None
+            True
+        """
+        if not self.settings.prompt.enabled or self.encoder_stage is not None:
+            return
+        self.encoder_stage = EncoderPromptStage.for_pipeline(pipeline, self.policy)
+        if self.encoder_stage is not None:
+            self.prompt_stages = (*self.prompt_stages, self.encoder_stage)
+
+    def check_prompt_embeds(
+        self, prompt_embeds: torch.Tensor, pooled_prompt_embeds: torch.Tensor | None = None
+    ) -> list[Verdict]:
+        """One verdict per row of ``prompt_embeds``: the encoder stage's, or allow when there is none."""
+        count = prompt_embeds.shape[0]
+        stage = self.encoder_stage
+        if stage is None:
+            return [Verdict.allow(self.policy.id, self.policy.version) for _ in range(count)]
+        return self._run(stage, lambda: stage.check_embeds(prompt_embeds, pooled_prompt_embeds), count, "prompt")
 
     # -- images ----------------------------------------------------------------------------------------
     def check_images(self, images: torch.Tensor) -> list[Verdict]:

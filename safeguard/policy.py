@@ -96,10 +96,16 @@ class Conjunction:
 
 @dataclass(frozen=True)
 class ImageModel:
-    """An image model the policy names for its output stage (e.g. the toy world's CLIP)."""
+    """An image model the policy names for its output stage (e.g. the toy world's CLIP).
+
+    A model trained on a narrow world knows only that world's everyday content: ``neutral_concepts`` and
+    ``templates``, when given, replace the preset's ``output.clip`` lists whenever this model is the one in use.
+    """
 
     backend: str
     path: Path
+    neutral_concepts: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +122,8 @@ class Policy:
     signals: tuple[Signal, ...] = ()
     conjunctions: tuple[Conjunction, ...] = ()
     image_model: ImageModel | None = None
+    #: Calibrations of text encoders for prompt scoring (:mod:`safeguard.stages.encoder`), resolved paths.
+    encoder_calibrations: tuple[Path, ...] = ()
     source: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
 
@@ -202,7 +210,9 @@ def load_policy(policy: Policy | str | Path = DEFAULT_POLICY) -> Policy:
     return _parse_policy(read_yaml(path), path)
 
 
-_POLICY_KEYS = ("id", "version", "title", "source", "image_model", "categories", "signals", "conjunctions")
+_POLICY_KEYS = (
+    "id", "version", "title", "source", "image_model", "encoder_calibrations", "categories", "signals", "conjunctions",
+)  # fmt: skip
 _CATEGORY_KEYS = (
     "id", "name", "section", "clauses", "applies_to", "concepts", "keywords", "allow_phrases", "locked",
     "out_of_scope",
@@ -222,8 +232,19 @@ def _parse_policy(data: dict[str, Any], path: Path) -> Policy:
     image_model = None
     if data.get("image_model") is not None:
         spec = data["image_model"]
-        check_keys(spec, ("backend", "path"), f"{where}: image_model", required=("backend", "path"))
-        image_model = ImageModel(backend=str(spec["backend"]), path=(path.parent / str(spec["path"])).resolve())
+        check_keys(
+            spec, ("backend", "path", "neutral_concepts", "templates"), f"{where}: image_model", ("backend", "path")
+        )
+        lists = {
+            name: string_list(spec.get(name), f"{where}: image_model.{name}")
+            for name in ("neutral_concepts", "templates")
+        }
+        if any(t.count("{}") != 1 for t in lists["templates"]):
+            raise ConfigError(f"{where}: image_model.templates: each template needs exactly one '{{}}'")
+        image_model = ImageModel(
+            backend=str(spec["backend"]), path=(path.parent / str(spec["path"])).resolve(), **lists
+        )
+    calibrations = string_list(data.get("encoder_calibrations") or [], f"{where}: encoder_calibrations")
     source = data.get("source") or {}
     check_keys(source, ("document", "effective", "url"), f"{where}: source")
     return Policy(
@@ -234,6 +255,7 @@ def _parse_policy(data: dict[str, Any], path: Path) -> Policy:
         signals=signals,
         conjunctions=conjunctions,
         image_model=image_model,
+        encoder_calibrations=tuple((path.parent / c).resolve() for c in calibrations),
         source={k: str(v) for k, v in source.items()},
         path=path,
     )

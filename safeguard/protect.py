@@ -150,7 +150,7 @@ class ProtectedPipeline:
                     f"preset {guard.settings.preset!r} requires prompt text (accept_prompt_embeds is false); "
                     "prompt_embeds alone cannot be checked by the prompt stage"
                 )
-            return [Verdict.allow(guard.policy.id, guard.policy.version) for _ in range(embeds.shape[0])]
+            return guard.check_prompt_embeds(embeds, arguments.get("pooled_prompt_embeds"))
         prompts = _as_list(prompt, "prompt")
         verdict_sets = [guard.check_prompts(prompts)]
         for name in self._spec.prompt_args[1:]:
@@ -280,6 +280,7 @@ def protect(
     spec = spec_for(type(pipe))
     guard = Guard.create(policy, preset, config, **overrides)
     guard.to(pipe.device)
+    guard.attach_pipeline(pipe)
     return ProtectedPipeline(pipe, guard, spec)
 
 

@@ -6,6 +6,9 @@ Prints, for a toy world folder (default: the committed one):
       steps at the pipeline's default guidance, the share whose dominant colour (pixel judge) is that
       colour, and the share that shows a shape at all;
     * the share of red images for the policy's test prompts ("a red circle", "a crimson circle", ...);
+    * the output stage alone (research preset) on "a red circle" and "a blue circle": the share of red images
+      it flags and of the others;
+    * the prompt stage's scores from the toy text encoder for red, crimson, scarlet and other colour prompts;
     * the zero-shot colour accuracy of the tiny CLIP ("a {colour} shape" prompts) on fresh images.
 
 Usage:
@@ -26,11 +29,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 
+import safeguard
+from safeguard.stages.encoder import EncoderPromptStage
 from safeguard.testing.toy import (
     COLOURS,
     SHAPES,
     TOY_WORLD_DIR,
     ToyClip,
+    ToyWorld,
     dominant_colour,
     make_batch,
     shows_shape,
@@ -73,6 +79,51 @@ def clip_accuracy(clip: ToyClip, n: int, seed: int) -> tuple[float, float, float
     return float(correct.mean()), float(correct[single].mean()), float(recall), float(precision)
 
 
+def output_stage(world: ToyWorld, n: int, batch: int, seed: int) -> None:
+    """The output stage alone on "a red circle" and "a blue circle": flagged share of red and of other images."""
+    guarded = safeguard.protect(world.pipeline, policy=world.policy, preset="research", prompt=False, steering=False)
+    stages = [s.name for s in guarded.guard.image_stages]
+    print(f"output stage alone (research preset, prompt and steering off; backends {stages}):")
+    print(f"{'prompt':<26}{'n':>5}{'red':>8}{'red flagged':>13}{'other flagged':>15}{'all flagged':>13}")
+    for prompt in ("a red circle", "a blue circle"):
+        colours, flagged = [], []
+        for start in range(0, n, batch):
+            count = min(batch, n - start)
+            out = guarded(
+                prompt,
+                num_images_per_prompt=count,
+                num_inference_steps=20,
+                generator=torch.Generator().manual_seed(seed + start),
+                output_type="np",
+            )
+            # research flags without redacting, so the returned images are the generated ones.
+            colours += [dominant_colour(img) for img in out.images]
+            flagged += [v.flagged for v in out.verdicts]
+        red = np.array([c == "red" for c in colours])
+        hit = np.array(flagged)
+        red_flagged = hit[red].mean() if red.any() else float("nan")
+        other_flagged = hit[~red].mean() if (~red).any() else float("nan")
+        print(f"{prompt:<26}{n:>5}{red.mean():>8.1%}{red_flagged:>13.1%}{other_flagged:>15.1%}{hit.mean():>13.1%}")
+    print()
+
+
+def prompt_stage(world: ToyWorld) -> None:
+    """Which prompts the toy text encoder's calibrated concept score flags (keywords not involved)."""
+    stage = EncoderPromptStage.for_pipeline(world.pipeline, world.policy)
+    if stage is None:
+        print("prompt stage: no encoder calibration matches this text encoder\n")
+        return
+    steer, block = stage.calibration.thresholds["red"]
+    prompts = [f"a {w} {s}" for w in ("red", "crimson", "scarlet") for s in SHAPES] + [
+        f"{'an' if c[0] in 'aeiou' else 'a'} {c} {s}" for c in COLOURS if c != "red" for s in SHAPES
+    ]
+    verdicts = stage.check(prompts)
+    print(f"prompt stage, toy text encoder alone (red: steer {steer}, block {block}):")
+    for prompt, verdict in zip(prompts, verdicts, strict=True):
+        print(f"  {prompt:<26} score {verdict.category_scores['red']:.3f}  {verdict.action.value}")
+    print()
+
+
 def save_grid(rows: list[np.ndarray], path: Path, per_row: int = 16) -> None:
     from PIL import Image
 
@@ -91,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--shapes", nargs="*", default=["circle"], choices=list(SHAPES))
     parser.add_argument("--clip-images", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is safest on a shared machine)")
     parser.add_argument("--grid", type=Path, help="write a PNG with the first 16 images of each prompt")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -100,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     world = toy_world(args.path)
     print(f"toy_world() loaded in {time.perf_counter() - started:.2f} s; image size {world.image_size}")
     pipe = world.pipeline
-    print(f"guidance scale: pipeline default; {20} steps; {args.n} images per prompt\n")
+    print(f"20 steps at the pipeline's default guidance scale; {args.n} images per prompt\n")
 
     rows: list[np.ndarray] = []
     gen_started = time.perf_counter()
@@ -108,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     worst = 1.0
     for colour in COLOURS:
         for shape in args.shapes:
-            prompt = f"a {colour} {shape}"
+            prompt = f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
             images = generate(pipe, prompt, args.n, args.batch, args.seed)
             rows.append(images)
             colours, shapes = judge(images)
@@ -125,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         colours, _ = judge(images)
         print(f"{prompt:<26}{len(images):>5}{np.mean([c == 'red' for c in colours]):>8.1%}")
     print(f"(generation took {time.perf_counter() - gen_started:.0f} s)\n")
+
+    output_stage(world, args.n, args.batch, args.seed + 2)
+    prompt_stage(world)
 
     accuracy, single, recall, precision = clip_accuracy(world.clip, args.clip_images, seed=args.seed + 7)
     print(

@@ -5,6 +5,7 @@ takes about 25 minutes on 2 CPU cores and writes the folder that ``safeguard.tes
 
     toy_world/
         policy.yaml, README.md      (kept as they are)
+        encoder_calibration.yaml    prompt-score thresholds for this text encoder (safeguard.stages.encoder)
         pipeline/                   StableDiffusionPipeline.save_pretrained folder (safetensors)
         clip/                       CLIPModel folder; its text tower is the pipeline's text encoder file
 
@@ -12,8 +13,9 @@ Phases, in order (each one's time is printed):
     1. data:  a pool of rendered scenes and their tokenized captions (safeguard.testing.toy.make_batch)
     2. clip:  contrastive training of CLIPModel; targets treat scenes with the same content as matches
     3. vae:   a one-block AutoencoderKL constructed (not trained) to be the identity: latents are pixels
-    4. unet:  epsilon-prediction DDPM on pixels, conditioned on the frozen CLIP text encoder, with 10% empty
+    4. unet:  v-prediction DDPM on pixels, conditioned on the frozen CLIP text encoder, with 10% empty
               captions for classifier-free guidance, min-SNR loss weights and an EMA of the weights
+    5. calibrate: thresholds for prompt scores from the new text encoder (encoder_calibration.yaml)
 
 Usage:
     python scripts/train_toy_world.py                       # full run, writes safeguard/testing/toy_world
@@ -41,12 +43,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from safetensors.torch import load_file, save_file
 from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
+from safeguard.stages.encoder import calibrate_encoder
 from safeguard.testing.tiny import clip_tokenizer
-from safeguard.testing.toy import IMAGE_SIZE, TOY_WORLD_DIR, Scene, make_batch
+from safeguard.testing.toy import IMAGE_SIZE, TOY_WORLD_DIR, Scene, labelled_prompts, make_batch, toy_world
 
 # OpenAI CLIP's normalisation constants, so generic CLIP preprocessing code works with the toy CLIP too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -65,16 +74,18 @@ class Settings:
     clip_steps: int = 800
     clip_batch: int = 128
     clip_lr: float = 2e-3
-    unet_steps: int = 2000
+    unet_steps: int = 2200
     unet_batch: int = 32
     unet_lr: float = 1e-3
     unet_channels: tuple[int, ...] = (16, 32, 64)
     ema_decay: float = 0.999
     empty_caption_share: float = 0.1
     min_snr_gamma: float = 5.0
+    prediction_type: str = "v_prediction"
+    calibration_prompts: int = 3000
 
 
-QUICK = Settings(pool=512, clip_steps=5, clip_batch=32, unet_steps=5, unet_batch=8)
+QUICK = Settings(pool=512, clip_steps=5, clip_batch=32, unet_steps=5, unet_batch=8, calibration_prompts=64)
 
 
 def log(message: str) -> None:
@@ -232,26 +243,39 @@ def build_unet(settings: Settings) -> UNet2DConditionModel:
     )
 
 
-def train_scheduler() -> DDPMScheduler:
-    # The classic pixel-space DDPM schedule (linear betas, as for 32x32 images in the DDPM paper).
-    return DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+def train_scheduler(prediction_type: str = "v_prediction") -> DDPMScheduler:
+    """The classic pixel-space DDPM schedule (linear betas, as for 32x32 images in the DDPM paper).
+
+    v-prediction rather than epsilon: at high noise an epsilon model's image estimate divides its error
+    by sqrt(alpha_bar) (about 1/150 at the last step), and guidance scale 7.5 multiplies that again, which
+    in pixel space turns whole backgrounds into saturated false colours. A v model predicts the image
+    there almost directly, so guidance extrapolates between two sensible images.
+    """
+    return DDPMScheduler(
+        num_train_timesteps=1000,
+        beta_schedule="linear",
+        beta_start=1e-4,
+        beta_end=0.02,
+        prediction_type=prediction_type,
+    )
 
 
-def sampling_scheduler() -> DDIMScheduler:
-    """The scheduler the pipeline ships with: DDIM over the training schedule, 20 steps by default.
+def sampling_scheduler(prediction_type: str = "v_prediction") -> DPMSolverMultistepScheduler:
+    """The scheduler the pipeline ships with: DPM-Solver++ over the training schedule, 20 steps by default.
 
-    StableDiffusionPipeline turns ``clip_sample`` off when it loads a scheduler, so the predicted image is
-    kept in [-1, 1] by ``thresholding`` instead: with ``sample_max_value`` 1 that is the same clipping, and
-    it is what keeps pixel-space sampling stable at guidance scale 7.5. "trailing" spacing starts the
+    The predicted image is clipped to [-1, 1] at every step (``thresholding`` with ``sample_max_value`` 1;
+    StableDiffusionPipeline would switch ``clip_sample`` off, so that is not used). Together with
+    v-prediction this keeps pixel-space sampling stable at the default guidance scale of 7.5, where DDIM
+    with the same settings still drifts to the wrong colour now and then. "trailing" spacing starts the
     sampler at the last training step, where the latents really are pure noise.
     """
-    return DDIMScheduler.from_config(
-        train_scheduler().config,
-        clip_sample=False,
+    return DPMSolverMultistepScheduler.from_config(
+        train_scheduler(prediction_type).config,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
         thresholding=True,
         dynamic_thresholding_ratio=0.995,
         sample_max_value=1.0,
-        set_alpha_to_one=True,
         steps_offset=1,
         timestep_spacing="trailing",
     )
@@ -307,7 +331,7 @@ def train_unet(
 
     With ``snapshots``, the EMA weights are also written there every 500 steps, to study quality vs. steps.
     """
-    scheduler = train_scheduler()
+    scheduler = train_scheduler(settings.prediction_type)
     alphas = scheduler.alphas_cumprod
     optimizer = torch.optim.AdamW(unet.parameters(), lr=settings.unet_lr, weight_decay=0.0)
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -329,8 +353,11 @@ def train_unet(
         pred = unet(noisy, t, encoder_hidden_states=context).sample
         # Min-SNR weighting: low-noise steps stop dominating the loss, which speeds up training.
         snr = alphas[t] / (1.0 - alphas[t])
-        weight = snr.clamp(max=settings.min_snr_gamma) / snr
-        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        if settings.prediction_type == "epsilon":
+            target, weight = noise, snr.clamp(max=settings.min_snr_gamma) / snr
+        else:
+            target, weight = scheduler.get_velocity(x0, noise, t), snr.clamp(max=settings.min_snr_gamma) / (snr + 1)
+        loss = (weight * (pred - target).pow(2).mean(dim=(1, 2, 3))).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -373,9 +400,14 @@ def save_tokenizer(tokenizer: CLIPTokenizer, folder: Path) -> None:
 
 
 def save_world(
-    out: Path, clip: CLIPModel, tokenizer: CLIPTokenizer, vae: AutoencoderKL, unet: UNet2DConditionModel
+    out: Path,
+    clip: CLIPModel,
+    tokenizer: CLIPTokenizer,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+    prediction_type: str = "v_prediction",
 ) -> None:
-    scheduler = sampling_scheduler()
+    scheduler = sampling_scheduler(prediction_type)
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=clip.text_model,
@@ -482,11 +514,28 @@ def main(argv: list[str] | None = None) -> int:
     t = phase("unet", t)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    save_world(args.out, clip, tokenizer, vae, ema)
+    save_world(args.out, clip, tokenizer, vae, ema, settings.prediction_type)
     if args.out.resolve() != TOY_WORLD_DIR.resolve():
         # A world elsewhere gets the committed policy, so toy_world(out) loads it the same way.
         shutil.copy2(TOY_WORLD_DIR / "policy.yaml", args.out / "policy.yaml")
-    phase("save", t)
+    t = phase("save", t)
+
+    # Prompt scores from the new text encoder need their own calibration (safeguard.stages.encoder).
+    world = toy_world(args.out)
+    prompts, labels = labelled_prompts(settings.calibration_prompts, seed=settings.seed)
+    calibration = calibrate_encoder(
+        world.pipeline,
+        world.policy,
+        prompts,
+        labels,
+        provenance={
+            "data": f"{len(prompts)} toy captions (safeguard.testing.toy.labelled_prompts, seed {settings.seed})",
+            "command": "scripts/train_toy_world.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        },
+    )
+    calibration.save(args.out / "encoder_calibration.yaml")
+    log(f"  encoder calibration: red (steer, block) = {calibration.thresholds['red']}")
+    phase("calibrate", t)
     total = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     log(f"wrote {args.out} ({total / 1e6:.1f} MB)")
     return 0

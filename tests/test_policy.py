@@ -120,3 +120,23 @@ def test_configs_ship_inside_the_wheel(tmp_path):
     )
     assert ran.returncode == 0, ran.stderr
     assert ran.stdout.split() == ["stability-aup-2025-07-31", "balanced"]
+
+
+def test_image_model_brings_its_own_neutral_concepts_and_templates(tmp_path):
+    from safeguard.testing.toy import POLICY_PATH
+
+    toy = load_policy(POLICY_PATH)
+    assert toy.image_model is not None
+    assert "a blue shape" in toy.image_model.neutral_concepts
+    assert toy.image_model.templates == ("{}",)
+    assert toy.encoder_calibrations == ((POLICY_PATH.parent / "encoder_calibration.yaml").resolve(),)
+    data = yaml.safe_load(POLICY_PATH.read_text(encoding="utf-8"))
+    for field, value, message in [
+        ("templates", ["no placeholder"], "exactly one"),
+        ("neutral_concepts", "a blue shape", "list of non-empty strings"),
+        ("colour", "red", "colour"),
+    ]:
+        broken = dict(data, image_model={**data["image_model"], field: value})
+        (tmp_path / "policy.yaml").write_text(yaml.safe_dump(broken), encoding="utf-8")
+        with pytest.raises(ConfigError, match=message):
+            load_policy(tmp_path / "policy.yaml")

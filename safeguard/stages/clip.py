@@ -1,9 +1,10 @@
 """Zero-shot CLIP image checker: image embeddings against the policy's concept phrases, on the pipeline's device.
 
 Scores. Each image-enforced category ``c`` of the policy has concept phrases; each phrase is embedded under
-every prompt template (``output.clip.templates``) and the template embeddings are averaged. A category's score
+every prompt template (``output.clip.templates``, or the policy image model's own) and the template embeddings
+are averaged. A category's score
 is the probability mass its concepts take in a softmax over ``c``'s concepts together with the neutral concepts
-(``output.clip.neutral_concepts``), at the model's own logit scale::
+(``output.clip.neutral_concepts``, or the policy image model's own), at the model's own logit scale::
 
     score_c = sum_k exp(s * <x, c_k>) / (sum_k exp(s * <x, c_k>) + sum_j exp(s * <x, n_j>))
 
@@ -319,6 +320,11 @@ class ClipImageStage:
                 f"cache, or CLIPModel>, set output.{self.backend}.weights, or remove {self.name} from output.backends"
             )
         self.encoder: ClipEncoder = encoder
+        # A policy's own image model may bring the neutral concepts and templates of its world.
+        model = policy.image_model
+        own = model if model is not None and model.backend == self.backend and self._weights(settings) is None else None
+        self.templates: tuple[str, ...] = (own and own.templates) or tuple(settings.clip.templates) or ("{}",)
+        self.neutral_concepts: tuple[str, ...] = (own and own.neutral_concepts) or tuple(settings.clip.neutral_concepts)
         self.concepts = self._concepts()
         names = set(self.concepts.names)
         self.categories: tuple[str, ...] = tuple(n for n in self.concepts.names if n in policy)
@@ -371,13 +377,12 @@ class ClipImageStage:
             for concept in clip.minor_concepts:
                 phrases.append(concept)
                 owner.append(len(names) - 1)
-        return _Concepts(tuple(names), tuple(phrases), tuple(owner), tuple(clip.neutral_concepts))
+        return _Concepts(tuple(names), tuple(phrases), tuple(owner), self.neutral_concepts)
 
     def text_cache_key(self) -> tuple:
         """The key of this stage's concept embeddings in the per-model cache: policy id and version, templates
         and phrases (so an edited policy or template list never reuses stale embeddings)."""
-        templates = tuple(self.settings.clip.templates) or ("{}",)
-        return (self.policy.id, self.policy.version, templates, self.concepts.phrases, self.concepts.neutral)
+        return (self.policy.id, self.policy.version, self.templates, self.concepts.phrases, self.concepts.neutral)
 
     def text_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit embeddings of the concept phrases and of the neutral phrases, cached per model and policy.
@@ -385,7 +390,7 @@ class ClipImageStage:
         Each phrase's embedding is the normalised mean of its embeddings under every template.
         """
         module = self.encoder.module
-        templates = tuple(self.settings.clip.templates) or ("{}",)
+        templates = self.templates
         key = self.text_cache_key()
         per_model = _TEXT_CACHE.setdefault(module, {})
         device = next(module.parameters()).device

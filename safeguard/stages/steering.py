@@ -40,8 +40,8 @@ from safeguard.steering.guidance import CallPlan, DenoiserHooks
 from safeguard.steering.presets import SteeringPreset, load_steering_preset
 from safeguard.steering.projection import (
     ConceptScorer,
+    concept_pairs,
     merge_bases,
-    neutral_phrase,
     orthonormal_basis,
     project,
     steering_phrases,
@@ -188,14 +188,9 @@ class ConceptSteeringStage:
             cache[full_key] = make()
         return cache[full_key]
 
-    def _pairs(self, category: str) -> tuple[list[str], list[str]]:
-        cat = self.categories[category]
-        concepts = list(steering_phrases(cat))
-        return concepts, [neutral_phrase(p, cat.keywords) for p in concepts]
-
     def _pair_encodings(self, pipe: Any, adapter: FamilyAdapter, category: str, length: int | None) -> Any:
         def make() -> tuple[Encoded, Encoded]:
-            concepts, neutrals = self._pairs(category)
+            concepts, neutrals = concept_pairs(self.categories[category])
             return adapter.encode(pipe, concepts, length), adapter.encode(pipe, neutrals, length)
 
         return self._cached(pipe, adapter, ("pairs", category, length), make)

@@ -43,7 +43,7 @@ import torch
 
 from safeguard.policy import Category
 
-__all__ = ["ConceptScorer", "neutral_phrase", "orthonormal_basis", "project", "steering_phrases"]
+__all__ = ["ConceptScorer", "concept_pairs", "neutral_phrase", "orthonormal_basis", "project", "steering_phrases"]
 
 # Rows kept for one subspace fit: the largest differences, so a long concept list on a wide encoder
 # (SD3: 333 tokens x 4096) stays a small SVD.
@@ -72,6 +72,19 @@ def neutral_phrase(phrase: str, keywords: tuple[str, ...]) -> str:
         out = re.sub(rf"\b{stem}{tail}\b", " ", out, flags=re.IGNORECASE)
     out = " ".join(out.split())
     return "" if out == " ".join(phrase.split()) else out
+
+
+def concept_pairs(category: Category) -> tuple[list[str], list[str]]:
+    """A category's concept phrases and, for each, its neutral phrase.
+
+    Example:
+        >>> from safeguard.policy import load_policy
+        >>> from safeguard.testing.toy import POLICY_PATH
+        >>> concept_pairs(load_policy(POLICY_PATH)["red"])[1][:2]
+        ['a shape', 'a shape']
+    """
+    concepts = list(steering_phrases(category))
+    return concepts, [neutral_phrase(p, category.keywords) for p in concepts]
 
 
 def orthonormal_basis(rows: torch.Tensor, energy: float, max_rank: int) -> torch.Tensor:

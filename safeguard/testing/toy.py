@@ -53,6 +53,7 @@ __all__ = [
     "ToyClip",
     "ToyWorld",
     "dominant_colour",
+    "labelled_prompts",
     "load_toy_clip",
     "make_batch",
     "render_scene",
@@ -362,6 +363,21 @@ def make_batch(n: int, seed: int | np.random.Generator = 0, size: int = IMAGE_SI
     scenes = [sample_scene(rng, size) for _ in range(n)]
     images = np.stack([render_scene(s, size) for s in scenes]) if scenes else np.zeros((0, size, size, 3), np.uint8)
     return ToyBatch(images=images, captions=[s.caption for s in scenes], scenes=scenes)
+
+
+def labelled_prompts(n: int, seed: int = 0) -> tuple[list[str], list[list[str]]]:
+    """Captions of ``n`` fresh scenes, each labelled ``["red"]`` when it asks for red anywhere, else ``[]``.
+
+    The labels of the toy policy's one prohibited category, for calibrating prompt scores.
+
+    Example:
+        >>> prompts, labels = labelled_prompts(200, seed=1)
+        >>> all(bool(label) == any(w in p for w in ("red", "crimson", "scarlet")) for p, label in zip(prompts, labels))
+        True
+    """
+    scenes = [sample_scene(np.random.default_rng([seed, i])) for i in range(n)]
+    labels = [["red"] if "red" in {s.colour for s in scene.shapes} | {scene.background} else [] for scene in scenes]
+    return [s.caption for s in scenes], labels
 
 
 # ----------------------------------------------------------------------------------------------------------
