@@ -2,15 +2,16 @@
 
 Two encoders share one vector space:
 
-- :class:`MiniLMEncoder` runs the full transformer (mean pooling, 384 dimensions): accurate, ~10-20 ms a
-  prompt on two CPU cores.
+- :class:`MiniLMEncoder` runs the full transformer (mean pooling, 384 dimensions) in torch: accurate, ~10-20 ms
+  a prompt on two CPU cores. :class:`OnnxMiniLMEncoder` computes the same embeddings from an ONNX export of it,
+  about 1.7x faster; the prompt stage and its calibration use that one.
 - :class:`StaticMiniLMEncoder` is a distilled static version: every vocabulary token is embedded once by the
   full model (in its own ``[CLS] token [SEP]`` context), and a prompt is the mean of its tokens' vectors. It costs
   tens of microseconds a prompt, so it serves as the cheap first pass that settles most prompts; the full
   model only sees prompts whose static score lies near a decision threshold.
 
-The static table is built on first use (about a minute on two cores) and cached under
-``$XDG_CACHE_HOME/safeguard`` (default ``~/.cache/safeguard``), keyed by the model's checksum.
+The static table (about a minute on two cores) and the ONNX export (seconds) are built on first use and cached
+under ``$XDG_CACHE_HOME/safeguard`` (default ``~/.cache/safeguard``), keyed by the model's checksum.
 
 Example:
     >>> enc = StaticMiniLMEncoder.load()
@@ -26,13 +27,19 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-__all__ = ["MiniLMEncoder", "StaticMiniLMEncoder", "cache_dir", "model_dir"]
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = ["MiniLMEncoder", "OnnxMiniLMEncoder", "StaticMiniLMEncoder", "cache_dir", "model_dir"]
 
 DIMENSION = 384
+#: Name of the ONNX export recipe; change it whenever :func:`_build_onnx` changes what the graph computes.
+ONNX_RECIPE = "minilm-onnx-fp32-v1"
 #: Tokens kept per prompt by the full encoder; the concept of a prompt sits in its first words.
 MAX_TOKENS = 64
 
@@ -90,6 +97,73 @@ class MiniLMEncoder:
         return out
 
 
+class _Pooled(torch.nn.Module):
+    """MiniLM with mean pooling and L2 normalisation, so that the exported graph returns the embedding itself."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+
+
+class OnnxMiniLMEncoder:
+    """MiniLM (with its pooling) exported to ONNX and run by ONNX Runtime: the full encoder of the prompt stage.
+
+    Its embeddings equal :class:`MiniLMEncoder`'s (to ~1e-6); in the prompt stage it is about 1.7x faster (86
+    against 51 prompts/s over 2,000 dev prompts, one interleaved run on two loaded cores). The semantic heads
+    record the :attr:`name` of the encoder they were calibrated for. The graph is exported from the bundled
+    model on first use (seconds) and cached under :func:`cache_dir`, keyed by the model's checksum,
+    :data:`ONNX_RECIPE` and the versions of torch and onnxruntime, so a stale graph is never loaded.
+
+    Int8 dynamic quantisation (per-channel MatMul weights) is only about 1.3x faster again on these AVX2 machines
+    (no VNNI), and moves embeddings enough (cosine ~0.99) that heads recalibrated for it detected 0.6 points
+    fewer unsafe dev prompts with more false positives, so it is not used.
+
+    Example:
+        >>> OnnxMiniLMEncoder.load().encode(["a lighthouse"]).shape
+        (1, 384)
+    """
+
+    name = ONNX_RECIPE
+
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+        self.session = session
+
+    @classmethod
+    @functools.lru_cache(maxsize=1)
+    def load(cls) -> OnnxMiniLMEncoder:
+        """Load the cached graph once per process, exporting it on first use."""
+        import onnxruntime
+
+        path = _onnx_path()
+        if not path.is_file():
+            _build_onnx(path)
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return cls(onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+
+    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Embeddings of ``texts`` as a float32 array of shape ``(len(texts), 384)``."""
+        tokenizer = _tokenizer()
+        out = np.zeros((len(texts), DIMENSION), np.float32)
+        ids = tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))  # similar token counts pad less
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            width = len(ids[index[-1]])
+            input_ids = np.zeros((len(index), width), np.int64)  # 0 is BERT's [PAD]
+            attention_mask = np.zeros((len(index), width), np.int64)
+            for row, i in enumerate(index):
+                input_ids[row, : len(ids[i])] = ids[i]
+                attention_mask[row, : len(ids[i])] = 1
+            out[index] = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
+        return out
+
+
 class StaticMiniLMEncoder:
     """A static distillation of MiniLM: the mean of per-token vectors, L2-normalised.
 
@@ -130,10 +204,46 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "safeguard"
 
 
+@functools.lru_cache(maxsize=1)
+def _model_digest() -> str:
+    return hashlib.sha256((model_dir() / "model.safetensors").read_bytes()).hexdigest()[:16]
+
+
 def _table_path() -> Path:
-    weights = model_dir() / "model.safetensors"
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-    return cache_dir() / f"minilm-static-{digest}.npy"
+    return cache_dir() / f"minilm-static-{_model_digest()}.npy"
+
+
+def _onnx_path() -> Path:
+    import onnxruntime
+
+    versions = f"torch{torch.__version__}-ort{onnxruntime.__version__}".replace("+", "_")
+    return cache_dir() / f"{ONNX_RECIPE}-{_model_digest()}-{versions}.onnx"
+
+
+def _build_onnx(path: Path) -> None:
+    """Export the pooled model to ONNX (one file, weights inside) and move it to ``path``."""
+    import warnings
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = _tokenizer()
+    example = tokenizer(["a red bicycle", "a lighthouse at dawn"], padding=True, return_tensors="pt")
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        exported = Path(tmp) / "minilm.onnx"
+        with warnings.catch_warnings():
+            # The tracer warns about Python conditionals on shapes; dynamic_axes below keep the graph general.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                _Pooled(MiniLMEncoder.load().model).eval(),
+                (example["input_ids"], example["attention_mask"]),
+                str(exported),
+                dynamo=False,
+                input_names=["input_ids", "attention_mask"],
+                output_names=["embedding"],
+                opset_version=17,
+                dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"}},
+            )
+        # Parallel test workers may build it at the same time; the rename makes the last one win cleanly.
+        os.replace(exported, path)
 
 
 def _build_table() -> np.ndarray:

@@ -7,7 +7,7 @@ What it does, in one run:
    ``benign`` rows and ``configs/semantic/benign_lookalikes.txt`` are negatives, ``borderline`` rows are not used;
    the policy's own concept phrases and keywords, in a few templates, are extra positives;
 2. keeps a quarter of every file aside (by a hash of the row id) for the figures it prints;
-3. embeds everything with the static and the full MiniLM encoders, fits one L2-regularised logistic head per
+3. embeds everything with the static and the full (ONNX) MiniLM encoders, fits one L2-regularised logistic head per
    category for each encoder, and picks per-category thresholds on the held-out benign prompts: ``steer`` so
    that at most ``--steer-fp`` of them reach it in any category, ``block`` likewise at ``--block-fp``; the
    static encoder's ``settle`` score, below which a prompt is allowed without running the full model, keeps
@@ -41,7 +41,7 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safeguard.policy import DEFAULT_POLICY, load_policy
-from safeguard.semantic import MiniLMEncoder, StaticMiniLMEncoder, _tokenizer, cache_dir
+from safeguard.semantic import OnnxMiniLMEncoder, StaticMiniLMEncoder, _tokenizer, cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FOLDER = ROOT.parent / "shared" / "datasets"
@@ -132,8 +132,11 @@ def concept_rows(policy) -> list[dict]:
 
 
 def cached_full_embeddings(texts: list[str]) -> np.ndarray:
-    """Full-model embeddings, cached by text so that re-running the calibration only embeds new prompts."""
-    cache = cache_dir() / "calibration-embeddings.npz"
+    """Full-model embeddings, cached by text so that re-running the calibration only embeds new prompts.
+
+    The cache is keyed by the encoder's name: embeddings of another encoder must never train these heads.
+    """
+    cache = cache_dir() / f"calibration-embeddings-{OnnxMiniLMEncoder.name}.npz"
     known: dict[str, np.ndarray] = {}
     if cache.is_file():
         data = np.load(cache)
@@ -141,7 +144,7 @@ def cached_full_embeddings(texts: list[str]) -> np.ndarray:
     missing = sorted({t for t in texts if t not in known})
     if missing:
         print(f"embedding {len(missing)} prompts with the full model ...", flush=True)
-        known.update(zip(missing, MiniLMEncoder.load().encode(missing), strict=True))
+        known.update(zip(missing, OnnxMiniLMEncoder.load().encode(missing), strict=True))
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, texts=np.array(list(known)), vectors=np.stack(list(known.values())))
     return np.stack([known[t] for t in texts])
@@ -296,6 +299,7 @@ def main() -> int:
         static_bias=heads["static"][1],
         full_weights=heads["full"][0],
         full_bias=heads["full"][1],
+        full_encoder=np.array(OnnxMiniLMEncoder.name),
         settle=settle,
         idf=idf,
         center=center.astype(np.float32),

@@ -74,7 +74,8 @@ def main() -> int:
         verdicts.extend(guard.check_prompts(prompts[i : i + 512]))
     batched_seconds = time.perf_counter() - started
     latencies = []
-    for prompt in prompts[: args.single]:
+    # Spread over the files: the first rows are all benign captions, which the static pass settles in under 1 ms.
+    for prompt in prompts[:: max(1, len(prompts) // args.single)][: args.single]:
         t0 = time.perf_counter()
         guard.check_prompts([prompt])
         latencies.append(time.perf_counter() - t0)

@@ -7,7 +7,9 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "==> ruff"
 .venv/bin/ruff check safeguard tests scripts
 .venv/bin/ruff format --check safeguard tests scripts
-echo "==> building the static MiniLM table once (cached; the test workers would otherwise race to build it)"
-.venv/bin/python -c "from safeguard.semantic import StaticMiniLMEncoder; StaticMiniLMEncoder.load()"
+echo "==> building the static MiniLM table and the ONNX export once (cached; test workers would race to build them)"
+.venv/bin/python -c "from safeguard.semantic import OnnxMiniLMEncoder, StaticMiniLMEncoder
+StaticMiniLMEncoder.load()
+OnnxMiniLMEncoder.load()"
 echo "==> pytest"
 .venv/bin/python -m pytest -n 2 "$@"

@@ -127,3 +127,11 @@ def test_real_person_and_election_conjunctions(prompt, category):
 )
 def test_one_side_of_a_conjunction_is_not_enough(prompt):
     assert not safeguard.check_prompt(prompt).flagged
+
+
+def test_phrase_matcher_prefixes_match_words_starting_with_them_only():
+    from safeguard.stages.keywords import PhraseMatcher
+
+    matcher = PhraseMatcher([("a", "nud*"), ("b", "nudit*"), ("c", "gor*"), ("d", "blood bath*")])
+    found = {(m.label, m.start) for m in matcher.find(["nudity", "nu", "gorge", "blood", "bathtub", "gore"])}
+    assert found == {("a", 0), ("b", 0), ("c", 2), ("d", 3), ("c", 5)}

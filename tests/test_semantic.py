@@ -8,9 +8,10 @@ import yaml
 
 import safeguard
 from safeguard.config import resolve_settings
+from safeguard.errors import ConfigError
 from safeguard.policy import load_policy
-from safeguard.semantic import MiniLMEncoder, StaticMiniLMEncoder
-from safeguard.stages.semantic import SemanticPromptStage
+from safeguard.semantic import MiniLMEncoder, OnnxMiniLMEncoder, StaticMiniLMEncoder
+from safeguard.stages.semantic import SemanticHeads, SemanticPromptStage
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_heads_match_the_policy_and_record_their_provenance(stage):
 
 def test_static_and_full_encoders_agree_on_nearest_neighbours():
     texts = ["a naked woman lying on a bed", "a nude lady in a bedroom", "a bowl of oranges on a table"]
-    for encoder in (StaticMiniLMEncoder.load(), MiniLMEncoder.load()):
+    for encoder in (StaticMiniLMEncoder.load(), MiniLMEncoder.load(), OnnxMiniLMEncoder.load()):
         x = encoder.encode(texts)
         assert x.shape == (3, 384) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-4)
         assert x[0] @ x[1] > x[0] @ x[2]
@@ -51,9 +52,24 @@ def test_benign_prompts_are_settled_without_the_full_model(stage, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("the full model ran for a prompt the static pass should settle")
 
-    monkeypatch.setattr(MiniLMEncoder, "encode", refuse)
+    monkeypatch.setattr(OnnxMiniLMEncoder, "encode", refuse)
     verdicts = stage.check(["a watercolor painting of a lighthouse at dawn", "a red bicycle leaning on a wall"])
     assert not any(v.flagged for v in verdicts)
+
+
+def test_onnx_encoder_matches_the_torch_model():
+    # Mixed lengths in one batch: padding must not leak into the pooled embedding.
+    texts = ["a red bicycle", "a bloody mutilated corpse lying in the rain, highly detailed, trending on artstation"]
+    onnx, reference = OnnxMiniLMEncoder.load().encode(texts, batch_size=2), MiniLMEncoder.load().encode(texts)
+    assert np.abs(onnx - reference).max() < 1e-4
+
+
+def test_heads_of_another_encoder_are_refused(stage, tmp_path):
+    data = dict(np.load(stage.heads.path))
+    data["full_encoder"] = np.array("minilm-torch-fp32")
+    np.savez(tmp_path / "heads.npz", **data)
+    with pytest.raises(ConfigError, match="calibrated for encoder"):
+        SemanticHeads(tmp_path / "heads.npz")
 
 
 def test_obfuscation_does_not_change_the_scores(stage):

@@ -61,7 +61,9 @@ class PhraseMatcher:
 
     def __init__(self, labelled_phrases: Iterable[tuple[str, str]]) -> None:
         self._by_first: dict[str, list[tuple[tuple[str, ...], bool, str, str]]] = defaultdict(list)
-        self._prefixes: list[tuple[str, tuple[str, ...], str, str]] = []
+        # Single-word prefixes ("nud*") by prefix: a word looks up each of its prefixes of a listed length, instead
+        # of testing every listed prefix (the dominant cost of the keyword stage when this was a list).
+        self._prefixes: dict[str, list[tuple[str, str]]] = defaultdict(list)
         for label, phrase in labelled_phrases:
             words = tuple(phrase.casefold().split())
             if not words:
@@ -70,9 +72,10 @@ class PhraseMatcher:
             is_prefix = last.endswith("*")
             words = (*(stem(w) for w in head), last.rstrip("*") if is_prefix else stem(last))
             if is_prefix and len(words) == 1:
-                self._prefixes.append((words[0], words, label, phrase))
+                self._prefixes[words[0]].append((label, phrase))
             else:
                 self._by_first[words[0]].append((words, is_prefix, label, phrase))
+        self._prefix_lengths = sorted({len(p) for p in self._prefixes})
 
     def find(self, words: Sequence[str]) -> list[_Match]:
         """All matches in ``words`` (already casefolded and stemmed)."""
@@ -87,8 +90,10 @@ class PhraseMatcher:
                 last_ok = last.startswith(phrase_words[-1]) if is_prefix else last == phrase_words[-1]
                 if body_ok and (len(phrase_words) == 1 or last_ok):
                     matches.append(_Match(label, phrase, i, end))
-            for stem, _, label, phrase in self._prefixes:
-                if word.startswith(stem):
+            for length in self._prefix_lengths:
+                if length > len(word):
+                    break
+                for label, phrase in self._prefixes.get(word[:length], ()):
                     matches.append(_Match(label, phrase, i, i + 1))
         return matches
 
