@@ -22,17 +22,21 @@ The steps, in order:
 3. Case folding (``str.casefold``), NFC recomposition (Hangul), runs of whitespace to one space.
 4. Spacing: a run of at least 3 single letters or digits separated by the same separator of at most
    3 characters ("n.u.d.e", "n u d e", "n_u_d_e", "n * u * d * e", "n🍑u🍑d🍑e") is joined; "a cat" and
-   "e.g." are left alone; so are runs without a letter ("1 2 3").
+   "e.g." are left alone; so are runs without a letter ("1 2 3"). The separator is also dropped where it
+   parts a joined run from adjacent punctuation ("“.k.i.l.l.," -> "“kill,"); "u.s.a." keeps its dot.
 5. Leetspeak (0->o, 1->i, 3->e, 4->a, 5->s, 7->t, 8->b, 9->g, @->a, $->s, !->i, |->l, +->t, €->e, £->l,
    ¢->c, §->s, ©->c) only inside words that mix letters with such characters. Kept as written:
-   numbers ("1990", "3 cats"); a number with a unit or ordinal ("4k", "3d", "35mm", "1990s", "20th",
-   "4yo"); a code holding a digit that is never leet, 2 or 6 ("r2d2", "h264"); a word that starts and
-   ends with digits ("4x4", "1080p30"); letters ending in 2+ digits or in one digit among 7/8/9, or with
-   at most 2 letters ("covid19", "win7", "mp3", "a55"); an amount after a currency sign ("$5k").
+   numbers ("1990", "3 cats"); a number with a unit, ordinal or one letter ("4k", "3d", "35mm", "1990s",
+   "20th", "4yo"); a number of 3+ digits before letters ("1080ti"); a code holding a digit that is never
+   leet, 2 or 6 ("r2d2", "h264"); one consonant between numbers ("4x4", "1080p30"); at most 2 letters
+   before digits ("mp3", "ps5", "a55"); an amount after a currency sign ("$5k"). In a prompt where some
+   word has a leet digit between letters ("n4k3d"), the writer is using leetspeak, so codes and numbers
+   before 2+ letters are read as leet too ("po53", "b357", "5l17", "4x4"); numbers with a unit stay.
    Symbols read as letters only where a symbol would not be punctuation: "!" and "+" only between
    characters of a word ("sh!t", but "wow!" and "cat++" stay), "|" and "+" not between two runs of 2+
    characters ("cat|dog" is prompt alternation syntax). "covid-19" and "b&w" hold no leet word at all.
-   Known casualties: "gpt4" reads "gpta", "c3po" reads "cepo".
+   Known casualties, since without a dictionary "swa7" and "win7" look alike: "win7" reads "wint",
+   "covid19" "covidig", "gpt4" "gpta", "c3po" "cepo".
 6. Repeated letters: a run of 3 or more of one letter becomes 2 in ``text`` ("killll" -> "kill",
    "boooobs" -> "boobs"); the form with such runs reduced to 1 ("nuuuude" -> "nude") is a variant.
    Doubles are never touched, since either reading can be the real word.
@@ -258,8 +262,8 @@ _LEET_SYMBOL_CLASS = re.escape(_LEET_SYMBOLS)
 # Lower case gives the look-alike of most letters; the upper-case entries differ from their lower case.
 _SCRIPT_LOOKALIKES = _case_closed(
     # Cyrillic
-    "а:a в:b г:r ԁ:d е:e є:e ҽ:e һ:h н:h і:i ј:j к:k ӏ:l Ӏ:l м:m п:n о:o р:p ԛ:q ѕ:s т:t у:y ү:y ѵ:v ԝ:w"
-    " х:x ь:b"
+    "а:a в:b г:r с:c ԁ:d е:e є:e ҽ:e ԍ:g һ:h н:h і:i ј:j к:k ӏ:l Ӏ:l м:m п:n о:o р:p ԛ:q ѕ:s т:t у:y ү:y"
+    " ѵ:v ԝ:w х:x ь:b"
     # Greek
     " α:a β:b γ:y ε:e η:n ι:i κ:k μ:u ν:v ο:o ρ:p τ:t υ:u χ:x ω:w ϲ:c ϳ:j Η:h Μ:m Ν:n Υ:y Ζ:z"
     # Armenian
@@ -348,9 +352,19 @@ def _join_spaced_letters(text: str) -> tuple[str, str]:
             start += 1
         # Joining conjoining Hangul jamo would compose new syllables and break idempotence.
         elif any(char.isalpha() for char in run) and (run.isascii() or unicodedata.is_normalized("NFC", run)):
+            # Spacing every character also parts a word from its punctuation ("“.k.i.l.l.," for "“kill,"); left
+            # in, the separator changes what the semantic model reads. A separator that is the whole item stays
+            # ("u.s.a." keeps its dot), and so does a space, which ordinary text puts next to punctuation.
+            keep_separator = separator.isspace()
+            before = joined[-1] if start else ""
+            if not keep_separator and len(before) > len(separator) and before.endswith(separator):
+                joined[-1] = apart[-1] = before[: -len(separator)]
             joined.append(run)
             apart.append(_join_apart_from_words(singles, separator))
             start = last + 1
+            after = items[start] if start < len(items) else ""
+            if not keep_separator and len(after) > len(separator) and after.startswith(separator):
+                items[start] = after[len(separator) :]
         else:
             # Keep the run; its last character may still begin a run with another separator.
             joined.extend(items[start:last])
@@ -383,12 +397,22 @@ _UNIT_SUFFIXES = frozenset(
     | {"khz", "mhz", "ghz", "bit", "yo", "yr", "yrs", "ft", "in", "hr", "hrs", "min", "ms", "mp", "ml", "lb"}
     | {"lbs", "oz", "pcs", "dpi", "ppi", "ds", "wd", "mph", "kph"}
 )
-_TRAILING_LEET_DIGITS = "01345"
+# Most letters before digits in a code ("mp3"); most digits before letters that may be leet ("53xy", not "1080ti").
 _MAX_CODE_PREFIX = 2
+_MAX_NUMBER_PREFIX = 2
+# A vowel between digits reads as leet ("0u7", "3y35"); other letters make a size or format ("4x4", "1080p30").
+_VOWELS = frozenset("aeiouy")
+# A mapped digit between two letters ("n4k3d", "c3po"): the prompt is written in leetspeak.
+_INNER_LEET_DIGIT = re.compile(rf"[^\W\d_][{_LEET_DIGITS}]+[^\W\d_]")
 
 
-def _kept_as_written(word: str) -> bool:
-    """Whether a word of letters and digits is a number, measurement or code rather than leetspeak."""
+def _kept_as_written(word: str, leet_text: bool) -> bool:
+    """Whether a word of letters and digits is a number, measurement or code rather than leetspeak.
+
+    ``leet_text`` says that a word of the prompt is plainly leetspeak; a short code ("po53", "b357", "5l17")
+    is then read as leet too, since a prompt that writes "n4k3d" rarely also names a "ps5". A number with a
+    unit ("4k", "35mm") stays a number even then.
+    """
     if _UNMAPPED_DIGIT.search(word):
         return True
     lead = len(word) - len(word.lstrip(_ASCII_DIGITS))
@@ -397,11 +421,11 @@ def _kept_as_written(word: str) -> bool:
     if any(char in _ASCII_DIGITS for char in core):
         return False
     if lead and trail:
-        return True
+        return len(core) == 1 and core not in _VOWELS and not leet_text
     if lead:
-        return lead > 1 or len(core) == 1 or core in _UNIT_SUFFIXES
+        return len(core) == 1 or core in _UNIT_SUFFIXES or (lead > _MAX_NUMBER_PREFIX and not leet_text)
     if trail:
-        return trail > 1 or len(core) <= _MAX_CODE_PREFIX or word[-1] not in _TRAILING_LEET_DIGITS
+        return len(core) <= _MAX_CODE_PREFIX and not leet_text
     return False
 
 
@@ -446,12 +470,12 @@ def _word_spans(items: list[str]) -> list[bool]:
     return in_word
 
 
-def _decode_leet_chunk(chunk: str) -> tuple[str, str]:
+def _decode_leet_chunk(chunk: str, leet_text: bool) -> tuple[str, str]:
     """One space-free chunk with leet words decoded, in the primary and the alternative reading."""
     if not _LETTER.search(chunk):
         return chunk, chunk
     if chunk.isalnum():  # the common case: one word of letters and digits
-        if _kept_as_written(chunk):
+        if _kept_as_written(chunk, leet_text):
             return chunk, chunk
         return chunk.translate(_LEET_PRIMARY), chunk.translate(_LEET_ALTERNATIVE)
     items = _LEET_ITEM.findall(chunk)
@@ -470,7 +494,7 @@ def _decode_leet_chunk(chunk: str) -> tuple[str, str]:
             in_word[start]
             and not after_currency
             and _LETTER.search(word)
-            and (has_symbol or not _kept_as_written(word))
+            and (has_symbol or not _kept_as_written(word, leet_text))
         ):
             primary.append(word.translate(_LEET_PRIMARY))
             alternative.append(word.translate(_LEET_ALTERNATIVE))
@@ -486,6 +510,7 @@ def _decode_leetspeak(text: str) -> tuple[str, str]:
 
     Only the space-separated chunks that hold a leet character are looked at; no word spans a space.
     """
+    leet_text = _INNER_LEET_DIGIT.search(text) is not None
     primary: list[str] = []
     alternative: list[str] = []
     position = 0
@@ -495,7 +520,7 @@ def _decode_leetspeak(text: str) -> tuple[str, str]:
         chunk_end = text.find(" ", match.end())
         if chunk_end < 0:
             chunk_end = len(text)
-        primary_chunk, alternative_chunk = _decode_leet_chunk(text[chunk_start:chunk_end])
+        primary_chunk, alternative_chunk = _decode_leet_chunk(text[chunk_start:chunk_end], leet_text)
         primary += (text[position:chunk_start], primary_chunk)
         alternative += (text[position:chunk_start], alternative_chunk)
         position = chunk_end

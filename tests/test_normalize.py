@@ -57,6 +57,8 @@ def matches_phrase(result: NormalizedText, phrase: str) -> bool:
         ("nu\x00d\x7fe", "nude", "control"),
         ("nаkеd", "naked", "homoglyph"),  # Cyrillic а, е
         ("ѕех", "sex", "homoglyph"),  # all Cyrillic
+        ("сlose", "close", "homoglyph"),  # Cyrillic es, the most common look-alike
+        ("ԍore", "gore", "homoglyph"),
         ("кіll", "kill", "homoglyph"),
         ("ΝΑΚΕD", "naked", "homoglyph"),  # Greek capitals
         ("ηude", "nude", "homoglyph"),  # Greek eta looks like n
@@ -87,6 +89,13 @@ def matches_phrase(result: NormalizedText, phrase: str) -> bool:
         ("nud3", "nude", "leetspeak"),
         ("5ex", "sex", "leetspeak"),
         ("0rgy", "orgy", "leetspeak"),
+        ("swa7", "swat", "leetspeak"),  # 3+ letters then digits, whatever the digits ("win7" is a casualty)
+        ("nuk35", "nukes", "leetspeak"),
+        ("funn1357", "funniest", "leetspeak"),
+        ("53xy", "sexy", "leetspeak"),  # two digits then letters that are no unit ("35mm" is kept)
+        ("57yl3", "style", "leetspeak"),  # digits at both ends around 2+ letters
+        ("0u7", "out", "leetspeak"),  # a vowel between digits ("4x4" is kept)
+        ("3y35", "eyes", "leetspeak"),
         ("$ex", "sex", "leetspeak"),
         ("@ss", "ass", "leetspeak"),
         ("a$$", "ass", "leetspeak"),
@@ -151,6 +160,11 @@ def test_ambiguous_obfuscation_is_matched_through_a_variant(prompt: str, text: s
         ("k-i-l-l  y0urs3lf", "kill yourself"),
         ("a pH0t0 of a n.4.k.3.d w0m@n cov3r3d in bl00000d", "a photo of a naked woman covered in blood"),
         ("shoot the p0l1c3 0ff1c3r", "shoot the police officer"),
+        # leet, Cyrillic and zero-width characters in one word
+        ("р1сa550", "picasso"),
+        ("с\u200b4\u200bn\u200bv\u200b4\u200b5", "canvas"),
+        ("5\u200b7\u200bу\u200bl\u200b3", "style"),
+        ("qu4lі7у,in7r1са7e", "quality,intricate"),
         ("Ｎ Ａ Ｋ Ｅ Ｄ  ɢɪʀʟ", "naked girl"),
         ("\u202ek\u200bi\u00adl\u2060l\u202c  \U0001d606\U0001d5fc\U0001d602", "kill you"),
     ],
@@ -159,6 +173,42 @@ def test_combined_obfuscations_map_to_clean_text(prompt: str, expected: str) -> 
     result = normalize(prompt)
     assert result.text == expected
     assert result.obfuscated
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("a n4k3d po53", "a naked pose"),
+        ("p0se,5l17,", "pose,slit,"),
+        ("b357 p0rn", "best porn"),
+        ("th3 4x4 w1th 1080ti", "the axa with ioboti"),
+        ("n4k3d in 4k, 35mm, 1990s, 3d", "naked in 4k, 35mm, 1990s, 3d"),  # numbers with a unit stay
+        ("r2d2 a3b2 po53", "r2d2 a3b2 pose"),  # 2 and 6 are never leet, but "a3b" still shows leetspeak
+    ],
+)
+def test_codes_read_as_leet_in_a_leet_prompt(prompt: str, expected: str) -> None:
+    result = normalize(prompt)
+    assert result.text == expected
+    assert normalize(result.text).text == result.text
+
+
+@pytest.mark.parametrize(
+    ("prompt", "expected"),
+    [
+        ("m.o.v.i.e., f.i.l.m.i.c.,", "movie, filmic,"),  # the separator also went between word and comma
+        ("“.s.t.a.b.b.e.d o.u.t.”", "“stabbed out”"),
+        ("t.i.g.e.r.,.s.h.a.r.p", "tiger,sharp"),
+        ("j-e-a-n-, g-r-e-g", "jean, greg"),
+        ("u.s.a.", "usa."),  # a separator alone stays
+        ("e.g. n.u.d.e", "e.g. nude"),
+        ("a cat, n u d e", "a cat, nude"),  # spaces are ordinary next to punctuation
+        ("r e a l i s t i c , s m o o t h", "realistic , smooth"),
+    ],
+)
+def test_separator_between_spaced_word_and_punctuation_is_dropped(prompt: str, expected: str) -> None:
+    result = normalize(prompt)
+    assert result.text == expected
+    assert normalize(result.text).text == result.text
 
 
 def test_combined_obfuscation_reports_each_change() -> None:
@@ -204,7 +254,10 @@ def test_benign_prompt_only_changes_case() -> None:
         ("20th century", ("20th", "century")),
         ("4x4 truck", ("4x4", "truck")),
         ("1080p30 video", ("1080p30", "video")),
-        ("h264 mp3 ps5 win7", ("h264", "mp3", "ps5", "win7")),
+        ("h264 mp3 ps5 a55", ("h264", "mp3", "ps5", "a55")),
+        ("1080ti", ("1080ti",)),
+        ("50ft", ("50ft",)),
+        ("po53 b357 5l17", ("po53", "b357", "5l17")),  # codes, as long as nothing else reads as leet
         ("a 4yo child", ("a", "4yo", "child")),
         ("costs $5k", ("costs", "5k")),
         ("wow!", ("wow",)),
@@ -226,6 +279,9 @@ def test_ordinary_tokens_stay_intact(prompt: str, tokens: tuple[str, ...]) -> No
     [
         ("gpt4", "gpta"),  # a letters word ending in one of 0/1/3/4/5 reads as leet ("nud3")
         ("c3po", "cepo"),  # a digit between letters always reads as leet ("s3x")
+        ("win7", "wint"),  # 3+ letters then digits read as leet, as in "swa7"
+        ("covid19", "covidig"),
+        ("c3po mp3", "cepo mpe"),  # a plain leet word makes short codes leet too
         ("u.s.a.", "usa."),  # spaced letters join whatever they spell
     ],
 )
@@ -314,7 +370,7 @@ def test_arbitrary_unicode(prompt: str) -> None:
 # Characters that the steps treat specially, so that random strings exercise their interplay.
 TRICKY_ALPHABET = (
     "abdeiklnostuxyz  .-_*/|+!@$€0123456789()[]:,'\n"
-    "аеоѕрхнкбиж"  # Cyrillic look-alikes and genuine letters
+    "асеоѕрхнкбиж"  # Cyrillic look-alikes and genuine letters
     "ΗηΝνΜμΥυαοιτζ"  # Greek
     "\u200b\u200d\u00ad\u202e\u0301\u0489\ufe0f"  # invisible characters and marks
     "ıＮ𝐧ᴋꞮᲂßǃ²½¨ﬁⓐ🅽🇳⒩\u2800\u3164"  # look-alikes and compatibility forms
@@ -365,6 +421,8 @@ def random_adversarial_text(size: int) -> str:
         ("n" + "\u0301" * SIZE, "n"),
         ("a-" * (SIZE // 2), "aa-"),
         ("𝐧\u200bｕ" * (SIZE // 3), "nu" * (SIZE // 3)),
+        ("m.o.v.i.e., " * (SIZE // 12), " ".join(["movie,"] * (SIZE // 12))),
+        ("n4k3d po53 " * (SIZE // 11), " ".join(["naked pose"] * (SIZE // 11))),  # leet read across the prompt
     ],
 )
 def test_long_adversarial_input_finishes(prompt: str, expected: str) -> None:
