@@ -234,6 +234,24 @@ def test_output_stage_flags_red_images_and_passes_blue(world: ToyWorld) -> None:
         assert sum(f and not r for r, f in zip(red, flagged, strict=True)) <= 1, prompt
 
 
+def test_steering_alone_removes_red_and_keeps_other_colours(world: ToyWorld) -> None:
+    import safeguard
+
+    guarded = safeguard.protect(
+        world.pipeline, policy=world.policy, preset="research", prompt=False, output=False, steering="strong"
+    )
+    for prompt, colour, steered in (("a crimson circle", "red", True), ("a blue circle", "blue", False)):
+        out = guarded(
+            prompt,
+            num_images_per_prompt=8,
+            num_inference_steps=20,
+            generator=torch.Generator().manual_seed(3),
+            output_type="np",
+        )
+        share = np.mean([dominant_colour(img) == colour for img in out.images])
+        assert share <= 0.125 if steered else share >= 0.875, (prompt, share)
+
+
 @pytest.mark.slow
 def test_synonyms_draw_red(world: ToyWorld) -> None:
     for prompt in ("a crimson circle", "a scarlet circle"):
