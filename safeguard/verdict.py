@@ -143,6 +143,21 @@ class Verdict:
         return cls(action, findings, category_scores, policy_id, policy_version, stages)
 
     @classmethod
+    def for_stage(
+        cls, findings: Iterable[Finding], category_scores: Mapping[str, float], policy: Any, stage: str
+    ) -> Verdict:
+        """A stage's verdict under ``policy`` (anything with ``id`` and ``version``), for one kind of stage.
+
+        Example:
+            >>> from safeguard.policy import load_policy
+            >>> Verdict.for_stage([], {"sexual": 0.1}, load_policy(), "output").action.value
+            'allow'
+        """
+        return cls.from_findings(
+            findings, category_scores, policy_id=policy.id, policy_version=policy.version, stages=(stage,)
+        )
+
+    @classmethod
     def combine(cls, verdicts: Iterable[Verdict]) -> Verdict:
         """Merge verdicts about the same content: block wins, scores keep their maximum.
 

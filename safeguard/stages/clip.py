@@ -451,15 +451,7 @@ class ClipImageStage:
                     findings.append(
                         Finding(category, score, block, "image", Action.BLOCK, self.name, "zero-shot CLIP concepts")
                     )
-            verdicts.append(
-                Verdict.from_findings(
-                    findings,
-                    per_name,
-                    policy_id=self.policy.id,
-                    policy_version=self.policy.version,
-                    stages=("output",),
-                )
-            )
+            verdicts.append(Verdict.for_stage(findings, per_name, self.policy, "output"))
         return verdicts
 
 

@@ -152,13 +152,5 @@ class CompVisStage:
                         "sexual", score, THRESHOLD, "image", Action.BLOCK, self.name, f"CompVis margin {margin:+.3f}"
                     )
                 )
-            verdicts.append(
-                Verdict.from_findings(
-                    findings,
-                    {"sexual": score},
-                    policy_id=self.policy.id,
-                    policy_version=self.policy.version,
-                    stages=("output",),
-                )
-            )
+            verdicts.append(Verdict.for_stage(findings, {"sexual": score}, self.policy, "output"))
         return verdicts

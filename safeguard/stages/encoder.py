@@ -239,15 +239,7 @@ class EncoderPromptStage:
                     continue
                 detail = f"{self._scores.adapter.family} text encoder concept score (calibration {source})"
                 findings.append(Finding(category, score, threshold, "prompt", action, self.name, detail))
-            verdicts.append(
-                Verdict.from_findings(
-                    findings,
-                    per_category,
-                    policy_id=self.policy.id,
-                    policy_version=self.policy.version,
-                    stages=("prompt",),
-                )
-            )
+            verdicts.append(Verdict.for_stage(findings, per_category, self.policy, "prompt"))
         return verdicts
 
 

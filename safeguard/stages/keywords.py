@@ -189,13 +189,7 @@ class KeywordPromptStage:
                     self._finding(rule.category, f"{' + '.join(rule.all_of)}", f"conjunction:{rule.id}", rule.locked)
                 )
         findings = [f for f in findings if f.action is not Action.ALLOW]
-        return Verdict.from_findings(
-            findings,
-            scores,
-            policy_id=self.policy.id,
-            policy_version=self.policy.version,
-            stages=("locked" if self.locked_only else "prompt",),
-        )
+        return Verdict.for_stage(findings, scores, self.policy, "locked" if self.locked_only else "prompt")
 
     def _finding(self, category: str, detail: str, source: str, locked: bool = False) -> Finding:
         locked = locked or category in self._locked

@@ -203,13 +203,5 @@ class NudeNetStage:
                         regions=tuple(d.box for d in counted),
                     )
                 )
-            verdicts.append(
-                Verdict.from_findings(
-                    findings,
-                    {"sexual": score},
-                    policy_id=self.policy.id,
-                    policy_version=self.policy.version,
-                    stages=("output",),
-                )
-            )
+            verdicts.append(Verdict.for_stage(findings, {"sexual": score}, self.policy, "output"))
         return verdicts

@@ -58,13 +58,5 @@ class OpenNSFWStage:
             findings = []
             if math.isfinite(score) and score >= block:
                 findings.append(Finding("sexual", score, block, "image", Action.BLOCK, self.name, "open_nsfw"))
-            verdicts.append(
-                Verdict.from_findings(
-                    findings,
-                    {"sexual": score},
-                    policy_id=self.policy.id,
-                    policy_version=self.policy.version,
-                    stages=("output",),
-                )
-            )
+            verdicts.append(Verdict.for_stage(findings, {"sexual": score}, self.policy, "output"))
         return verdicts

@@ -131,10 +131,6 @@ class SemanticPromptStage:
                 findings.append(Finding(category, score, block, "prompt", Action.BLOCK, source))
             elif steer is not None and score >= steer:
                 findings.append(Finding(category, score, steer, "prompt", Action.STEER, source))
-        return Verdict.from_findings(
-            findings,
-            dict(zip(self.heads.categories, row.tolist(), strict=True)),
-            policy_id=self.policy.id,
-            policy_version=self.policy.version,
-            stages=("prompt",),
+        return Verdict.for_stage(
+            findings, dict(zip(self.heads.categories, row.tolist(), strict=True)), self.policy, "prompt"
         )
