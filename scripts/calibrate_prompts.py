@@ -7,17 +7,19 @@ What it does, in one run:
    ``benign`` rows and ``configs/semantic/benign_lookalikes.txt`` are negatives, ``borderline`` rows are not used;
    the policy's own concept phrases and keywords, in a few templates, are extra positives;
 2. keeps a quarter of every file aside (by a hash of the row id) for the figures it prints;
-3. embeds everything with the static and the full (ONNX) MiniLM encoders, fits one L2-regularised logistic head per
-   category for each encoder, and picks per-category thresholds on the held-out benign prompts: ``steer`` so
-   that at most ``--steer-fp`` of them reach it in any category, ``block`` likewise at ``--block-fp``; the
-   static encoder's ``settle`` score, below which a prompt is allowed without running the full model, keeps
-   ``--settle-recall`` of the prompts the full model flags and never exceeds the steer threshold;
+3. embeds everything with the static MiniLM encoder and the distilled student (``scripts/distil_minilm.py``),
+   fits one L2-regularised logistic head per category for each encoder, and picks per-category thresholds on
+   the held-out benign prompts: ``steer`` so that at most ``--steer-fp`` of them reach it in any category,
+   ``block`` likewise at ``--block-fp``; the static encoder's ``settle`` score, below which a prompt is allowed
+   without running the student, keeps ``--settle-recall`` of the prompts the student flags and never exceeds
+   the steer threshold;
 4. writes the heads to ``configs/semantic/<policy>.npz`` and the thresholds into the preset files between the
    ``# BEGIN calibrated`` and ``# END calibrated`` markers, with the data, date and command recorded.
 
 Benign caption sets have none of the style phrases that fill community prompts, so half of them are repeated
 with such phrases appended (``STYLE_SUFFIXES``), and the look-alikes count ten times: without that, the heads
-learn "prompt-site style" instead of the category.
+learn "prompt-site style" instead of the category. The other half is repeated misspelt, so that typos (which
+the small student encoder reads less well than MiniLM) do not look like unsafe "token soup".
 
 Usage:
     scripts/calibrate_prompts.py [FOLDER] [--policy ID] [--steer-fp 0.004] [--block-fp 0.001]
@@ -31,6 +33,7 @@ import datetime
 import hashlib
 import json
 import os
+import random
 import re
 import sys
 from collections import defaultdict
@@ -77,6 +80,25 @@ MIN_LABELLED = 100
 PRESET_STRICTNESS = {"balanced": 1.0, "research": 1.0, "strict": 3.0}  # multiplies the false-positive budgets
 
 
+def misspell(text: str, rng: random.Random) -> str:
+    """``text`` with letters inserted, dropped, doubled or swapped in about a third of its longer words."""
+    words = text.split()
+    for i, word in enumerate(words):
+        if len(word) >= 4 and rng.random() < 0.35:
+            at = rng.randrange(1, len(word) - 1)
+            edit = rng.randrange(4)
+            if edit == 0:
+                word = word[:at] + rng.choice("abcdefghijklmnopqrstuvwxyz") + word[at:]
+            elif edit == 1:
+                word = word[:at] + word[at + 1 :]
+            elif edit == 2:
+                word = word[:at] + word[at] + word[at:]
+            else:
+                word = word[: at - 1] + word[at] + word[at - 1] + word[at + 1 :]
+            words[i] = word
+    return " ".join(words)
+
+
 def held_out(row_id: str) -> bool:
     return int(hashlib.sha256(row_id.encode()).hexdigest()[:8], 16) % 4 == 0
 
@@ -117,6 +139,8 @@ def read_data(folder: Path, policy_categories: set[str]) -> list[dict]:
                 "source": f"{row['source']}+style",
             }
         )
+    rng = random.Random(0)
+    rows += [{**row, "text": misspell(row["text"], rng), "source": f"{row['source']}+typos"} for row in benign[1::2]]
     return rows
 
 
@@ -136,7 +160,8 @@ def cached_full_embeddings(texts: list[str]) -> np.ndarray:
 
     The cache is keyed by the encoder's name: embeddings of another encoder must never train these heads.
     """
-    cache = cache_dir() / f"calibration-embeddings-{OnnxMiniLMEncoder.name}.npz"
+    encoder = OnnxMiniLMEncoder.load_student()
+    cache = cache_dir() / f"calibration-embeddings-{encoder.name}.npz"
     known: dict[str, np.ndarray] = {}
     if cache.is_file():
         data = np.load(cache)
@@ -144,7 +169,7 @@ def cached_full_embeddings(texts: list[str]) -> np.ndarray:
     missing = sorted({t for t in texts if t not in known})
     if missing:
         print(f"embedding {len(missing)} prompts with the full model ...", flush=True)
-        known.update(zip(missing, OnnxMiniLMEncoder.load().encode(missing), strict=True))
+        known.update(zip(missing, encoder.encode(missing), strict=True))
         cache.parent.mkdir(parents=True, exist_ok=True)
         np.savez(cache, texts=np.array(list(known)), vectors=np.stack(list(known.values())))
     return np.stack([known[t] for t in texts])
@@ -285,7 +310,7 @@ def main() -> int:
     print("held-out quarter, semantic scores alone (balanced thresholds):")
     for (source, kind), (n, f) in sorted(by_source.items()):
         print(f"  {source:24} {kind:7} n={n:5d} flagged {100 * f / n:5.1f}%")
-    print(f"  share of held-out prompts sent to the full model: {100 * needs_full[~train].mean():.1f}%")
+    print(f"  share of held-out prompts sent to the student: {100 * needs_full[~train].mean():.1f}%")
 
     date = datetime.date.today().isoformat()
     command = "scripts/calibrate_prompts.py " + " ".join(sys.argv[1:])
@@ -299,7 +324,7 @@ def main() -> int:
         static_bias=heads["static"][1],
         full_weights=heads["full"][0],
         full_bias=heads["full"][1],
-        full_encoder=np.array(OnnxMiniLMEncoder.name),
+        full_encoder=np.array(OnnxMiniLMEncoder.load_student().name),
         settle=settle,
         idf=idf,
         center=center.astype(np.float32),

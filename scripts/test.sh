@@ -7,9 +7,10 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "==> ruff"
 .venv/bin/ruff check safeguard tests scripts
 .venv/bin/ruff format --check safeguard tests scripts
-echo "==> building the static MiniLM table and the ONNX export once (cached; test workers would race to build them)"
+echo "==> building the static MiniLM table and the ONNX exports once (cached; test workers would race to build them)"
 .venv/bin/python -c "from safeguard.semantic import OnnxMiniLMEncoder, StaticMiniLMEncoder
 StaticMiniLMEncoder.load()
-OnnxMiniLMEncoder.load()"
+OnnxMiniLMEncoder.load()
+OnnxMiniLMEncoder.load_student()"
 echo "==> pytest"
 .venv/bin/python -m pytest -n 2 "$@"

@@ -7,10 +7,11 @@ import pytest
 import yaml
 
 import safeguard
+import safeguard.semantic as semantic
 from safeguard.config import resolve_settings
 from safeguard.errors import ConfigError
 from safeguard.policy import load_policy
-from safeguard.semantic import MiniLMEncoder, OnnxMiniLMEncoder, StaticMiniLMEncoder
+from safeguard.semantic import MiniLMEncoder, OnnxMiniLMEncoder, StaticMiniLMEncoder, student_model
 from safeguard.stages.semantic import SemanticHeads, SemanticPromptStage
 
 
@@ -35,7 +36,8 @@ def test_heads_match_the_policy_and_record_their_provenance(stage):
 
 def test_static_and_full_encoders_agree_on_nearest_neighbours():
     texts = ["a naked woman lying on a bed", "a nude lady in a bedroom", "a bowl of oranges on a table"]
-    for encoder in (StaticMiniLMEncoder.load(), MiniLMEncoder.load(), OnnxMiniLMEncoder.load()):
+    encoders = (StaticMiniLMEncoder.load(), MiniLMEncoder.load(), OnnxMiniLMEncoder.load())
+    for encoder in (*encoders, OnnxMiniLMEncoder.load_student()):
         x = encoder.encode(texts)
         assert x.shape == (3, 384) and np.allclose(np.linalg.norm(x, axis=1), 1, atol=1e-4)
         assert x[0] @ x[1] > x[0] @ x[2]
@@ -45,7 +47,7 @@ def test_implicit_unsafe_prompt_is_flagged_by_the_full_model(stage):
     verdict = stage.check(["two lovers tangled in the sheets, moaning, explicit"])[0]
     assert verdict.flagged
     finding = max(verdict.findings, key=lambda f: f.score)
-    assert finding.source == "minilm" and finding.score >= finding.threshold and finding.stage == "prompt"
+    assert finding.source == "minilm-student" and finding.score >= finding.threshold and finding.stage == "prompt"
 
 
 def test_benign_prompts_are_settled_without_the_full_model(stage, monkeypatch):
@@ -62,6 +64,36 @@ def test_onnx_encoder_matches_the_torch_model():
     texts = ["a red bicycle", "a bloody mutilated corpse lying in the rain, highly detailed, trending on artstation"]
     onnx, reference = OnnxMiniLMEncoder.load().encode(texts, batch_size=2), MiniLMEncoder.load().encode(texts)
     assert np.abs(onnx - reference).max() < 1e-4
+
+
+def test_student_onnx_matches_its_torch_model_and_stays_near_the_teacher():
+    from safetensors.torch import load_file
+
+    texts = ["a red bicycle", "a bloody mutilated corpse lying in the rain, highly detailed, trending on artstation"]
+    student = OnnxMiniLMEncoder.load_student()
+    assert student.name.startswith(f"minilm-student{semantic.STUDENT_LAYERS}-")
+    weights = load_file(str(semantic.STUDENT_PATH))
+    torch_student = MiniLMEncoder(student_model(MiniLMEncoder.load().model, weights), semantic.STUDENT_MAX_TOKENS)
+    reference = torch_student.encode(texts)
+    got = student.encode(texts, batch_size=2)
+    assert np.abs(got - reference).max() < 1e-4
+    # The distillation pulls the student towards the teacher: its embeddings sit much closer than chance.
+    assert (got * OnnxMiniLMEncoder.load().encode(texts)).sum(axis=1).min() > 0.7
+
+
+def test_student_weights_of_another_shape_are_refused():
+    with pytest.raises(ValueError, match="do not fit"):
+        student_model(MiniLMEncoder.load().model, {"encoder.layer.0.attention.self.query.weight": np.zeros(1)})
+
+
+def test_a_missing_student_is_a_config_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(semantic, "STUDENT_PATH", tmp_path / "absent.safetensors")
+    OnnxMiniLMEncoder.load_student.cache_clear()
+    try:
+        with pytest.raises(ConfigError, match="distil_minilm"):
+            OnnxMiniLMEncoder.load_student()
+    finally:
+        OnnxMiniLMEncoder.load_student.cache_clear()
 
 
 def test_heads_of_another_encoder_are_refused(stage, tmp_path):

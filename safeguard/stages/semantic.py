@@ -3,8 +3,8 @@
 Each category the calibration covered has a logistic head over the embedding of the normalised prompt; its
 output in ``[0, 1]`` is compared with the preset's ``prompt.thresholds`` (``steer`` and ``block``). Prompts are
 first scored with the static MiniLM encoder (tens of microseconds); only those whose static score reaches the
-calibrated ``settle`` score for some category are scored again with the full model (MiniLM run by ONNX
-Runtime, ~10 ms a prompt on one core), whose score then decides.
+calibrated ``settle`` score for some category are scored again with the full tier (a two-layer student
+distilled from MiniLM, run by ONNX Runtime, ~2 ms a prompt on two cores), whose score then decides.
 
 The heads live in ``configs/semantic/<policy id>.npz``, written with their provenance by
 ``scripts/calibrate_prompts.py``. A policy without such a file gets no semantic stage.
@@ -46,10 +46,10 @@ class SemanticHeads:
         self.path = path
         # Heads fit to one encoder's embeddings score another's wrongly, without any error to show for it.
         encoder = str(data["full_encoder"]) if "full_encoder" in data else "(not recorded)"
-        if encoder != OnnxMiniLMEncoder.name:
+        expected = OnnxMiniLMEncoder.load_student().name
+        if encoder != expected:
             raise ConfigError(
-                f"{path}: heads calibrated for encoder {encoder!r}, not {OnnxMiniLMEncoder.name!r}; "
-                "run scripts/calibrate_prompts.py"
+                f"{path}: heads calibrated for encoder {encoder!r}, not {expected!r}; run scripts/calibrate_prompts.py"
             )
         self.categories = tuple(str(c) for c in data["categories"])
         self.static_weights, self.static_bias = data["static_weights"], data["static_bias"]
@@ -92,7 +92,7 @@ class SemanticPromptStage:
         # Allow-phrases name benign readings of words a category watches ("al gore"); they are taken out of the
         # text before embedding, so the name does not pull the prompt towards the category either.
         self._allowed = PhraseMatcher(("allow", phrase) for c in policy for phrase in c.allow_phrases)
-        #: Prompts the full model has scored since construction: the share that pays for it sets the throughput.
+        #: Prompts the student (second tier) has scored since construction: their share sets the throughput.
         self.full_scored = 0
 
     @classmethod
@@ -107,7 +107,7 @@ class SemanticPromptStage:
         scores = heads.score(_static_encoder(self._heads_path).encode(texts), heads.static_weights, heads.static_bias)
         unsettled = np.flatnonzero((scores >= heads.settle).any(axis=1))
         if len(unsettled):
-            full = OnnxMiniLMEncoder.load().encode([texts[i] for i in unsettled])
+            full = OnnxMiniLMEncoder.load_student().encode([texts[i] for i in unsettled])
             scores[unsettled] = heads.score(full, heads.full_weights, heads.full_bias)
             self.full_scored += len(unsettled)
         full_scored = set(unsettled.tolist())
@@ -124,7 +124,7 @@ class SemanticPromptStage:
 
     def _verdict(self, row: np.ndarray, full: bool) -> Verdict:
         findings = []
-        source = "minilm" if full else "minilm-static"
+        source = "minilm-student" if full else "minilm-static"
         for category, score in zip(self.heads.categories, row.tolist(), strict=True):
             steer, block = self.settings.thresholds.for_category(category)
             if score >= block:
