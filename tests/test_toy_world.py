@@ -273,3 +273,22 @@ def test_training_script_runs_end_to_end(tmp_path: Path) -> None:
     images = small.pipeline("a red circle", num_inference_steps=2, output_type="np").images
     assert images.shape == (1, IMAGE_SIZE, IMAGE_SIZE, 3)
     assert "red" in small.policy
+
+
+def test_protected_call_works_under_model_cpu_offload() -> None:
+    # CI has no accelerator, so accelerate's offload hooks execute on the CPU here.
+    import safeguard
+
+    world = toy_world()
+    world.pipeline.enable_model_cpu_offload(device="cpu")
+    assert world.pipeline._execution_device.type == "cpu"
+    guarded = safeguard.protect(world.pipeline, policy=world.policy, preset="research", prompt=False, steering=False)
+    kwargs = {"num_images_per_prompt": 4, "num_inference_steps": 20, "output_type": "np"}
+    red = guarded("a red circle", generator=torch.Generator().manual_seed(2), **kwargs)
+    blue = guarded("a blue circle", generator=torch.Generator().manual_seed(2), **kwargs)
+    assert [s.name for s in guarded.guard.image_stages] == ["clip"]
+    is_red = [dominant_colour(img) == "red" for img in red.images]
+    assert sum(is_red) >= 3
+    assert all(v.flagged for v, r in zip(red.verdicts, is_red, strict=True) if r)
+    assert not any(v.flagged for v in blue.verdicts)
+    assert all(dominant_colour(img) == "blue" for img in blue.images)
