@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import importlib.resources
@@ -116,8 +117,6 @@ def student_model(teacher: torch.nn.Module, layers: dict[str, torch.Tensor] | No
     ``scripts/distil_minilm.py`` writes them) or, when None, are copies of the teacher's first layers: the
     starting point of the distillation.
     """
-    import copy
-
     student = copy.deepcopy(teacher)
     student.encoder.layer = student.encoder.layer[:STUDENT_LAYERS]
     student.config.num_hidden_layers = STUDENT_LAYERS

@@ -41,6 +41,7 @@ from safeguard.semantic import (
     STUDENT_PATH,
     MiniLMEncoder,
     OnnxMiniLMEncoder,
+    _Pooled,
     _tokenizer,
     student_model,
 )
@@ -108,21 +109,6 @@ def pad(ids: list[list[int]], rows: list[int]) -> tuple[torch.Tensor, torch.Tens
     return input_ids, mask
 
 
-def pooled(model: torch.nn.Module, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1)
-
-
-def embed(model: torch.nn.Module, ids: list[list[int]]) -> torch.Tensor:
-    out = torch.zeros((len(ids), 384))
-    model.eval()
-    with torch.inference_mode():
-        for rows in batches(ids, 64, random.Random(0)):
-            out[rows] = pooled(model, *pad(ids, rows))
-    return out
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", nargs="?", type=Path, default=DEFAULT_FOLDER)
@@ -146,15 +132,20 @@ def main() -> int:
 
     tokenizer = _tokenizer()
     ids_train = tokenizer(train, truncation=True, max_length=STUDENT_MAX_TOKENS)["input_ids"]
-    ids_held = tokenizer(held, truncation=True, max_length=STUDENT_MAX_TOKENS)["input_ids"]
     student = student_model(MiniLMEncoder.load().model, layers=None)
-    trainable = [p for p in student.encoder.parameters()]
+    pooled = _Pooled(student)
+
+    def held_out_cosine() -> torch.Tensor:
+        student.eval()
+        return (torch.from_numpy(MiniLMEncoder(student, STUDENT_MAX_TOKENS).encode(held)) * target_held).sum(1)
+
+    trainable = list(student.encoder.parameters())
     for p in student.embeddings.parameters():
         p.requires_grad_(False)
     steps = args.epochs * len(batches(ids_train, 32, rng))
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=steps, pct_start=0.05)
-    cosine = (embed(student, ids_held) * target_held).sum(1)
+    cosine = held_out_cosine()
     print(
         f"[init] held-out cosine to the teacher: mean {cosine.mean():.4f}, 5th percentile {cosine.quantile(0.05):.4f}",
         flush=True,
@@ -163,14 +154,14 @@ def main() -> int:
         student.train()
         total = 0.0
         for rows in batches(ids_train, 32, rng):
-            out = pooled(student, *pad(ids_train, rows))
+            out = pooled(*pad(ids_train, rows))
             loss = (1 - (out * target_train[rows]).sum(1)).mean()
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             total += loss.item() * len(rows)
-        cosine = (embed(student, ids_held) * target_held).sum(1)
+        cosine = held_out_cosine()
         print(
             f"[epoch {epoch + 1}] train loss {total / len(train):.4f}; held-out cosine mean {cosine.mean():.4f}, "
             f"5th percentile {cosine.quantile(0.05):.4f} ({time.perf_counter() - started:.0f} s)",
