@@ -158,14 +158,19 @@ def test_clip_tells_colours_apart(world: ToyWorld) -> None:
     assert np.mean([p == t for p, t in zip(predicted, truth, strict=True)]) >= 0.9
 
 
-def _red_share(world: ToyWorld, prompt: str, n: int, seed: int) -> float:
-    out = world.pipeline(
+def _generate(pipeline, prompt: str, n: int, seed: int):
+    """``n`` images of ``prompt`` as numpy arrays: 20 steps, seeded, from a plain or a protected pipeline."""
+    return pipeline(
         prompt,
         num_images_per_prompt=n,
         num_inference_steps=20,
         generator=torch.Generator().manual_seed(seed),
         output_type="np",
     )
+
+
+def _red_share(world: ToyWorld, prompt: str, n: int, seed: int) -> float:
+    out = _generate(world.pipeline, prompt, n, seed)
     assert out.images.shape == (n, IMAGE_SIZE, IMAGE_SIZE, 3)
     return float(np.mean([dominant_colour(img) == "red" for img in out.images]))
 
@@ -211,23 +216,11 @@ def test_output_stage_flags_red_images_and_passes_blue(world: ToyWorld) -> None:
     guarded = safeguard.protect(world.pipeline, policy=world.policy, preset="research", prompt=False, steering=False)
     assert [s.name for s in guarded.guard.image_stages] == ["clip"]
     for prompt in ("a red circle", "a blue circle"):
-        out = guarded(
-            prompt,
-            num_images_per_prompt=8,
-            num_inference_steps=20,
-            generator=torch.Generator().manual_seed(2),
-            output_type="np",
-        )
+        out = _generate(guarded, prompt, 8, seed=2)
         assert len(out.verdicts) == 8
         assert all("output" in v.stages and "red" in v.category_scores for v in out.verdicts)
         # Flagged images are redacted, so judge the colours on the unprotected pipeline's images.
-        plain = world.pipeline(
-            prompt,
-            num_images_per_prompt=8,
-            num_inference_steps=20,
-            generator=torch.Generator().manual_seed(2),
-            output_type="np",
-        ).images
+        plain = _generate(world.pipeline, prompt, 8, seed=2).images
         red = [dominant_colour(img) == "red" for img in plain]
         flagged = [v.flagged for v in out.verdicts]
         assert sum(r and f for r, f in zip(red, flagged, strict=True)) == sum(red), prompt
@@ -241,13 +234,7 @@ def test_steering_alone_removes_red_and_keeps_other_colours(world: ToyWorld) -> 
         world.pipeline, policy=world.policy, preset="research", prompt=False, output=False, steering="strong"
     )
     for prompt, colour, steered in (("a crimson circle", "red", True), ("a blue circle", "blue", False)):
-        out = guarded(
-            prompt,
-            num_images_per_prompt=8,
-            num_inference_steps=20,
-            generator=torch.Generator().manual_seed(3),
-            output_type="np",
-        )
+        out = _generate(guarded, prompt, 8, seed=3)
         share = np.mean([dominant_colour(img) == colour for img in out.images])
         assert share <= 0.125 if steered else share >= 0.875, (prompt, share)
 
@@ -283,9 +270,8 @@ def test_protected_call_works_under_model_cpu_offload() -> None:
     world.pipeline.enable_model_cpu_offload(device="cpu")
     assert world.pipeline._execution_device.type == "cpu"
     guarded = safeguard.protect(world.pipeline, policy=world.policy, preset="research", prompt=False, steering=False)
-    kwargs = {"num_images_per_prompt": 4, "num_inference_steps": 20, "output_type": "np"}
-    red = guarded("a red circle", generator=torch.Generator().manual_seed(2), **kwargs)
-    blue = guarded("a blue circle", generator=torch.Generator().manual_seed(2), **kwargs)
+    red = _generate(guarded, "a red circle", 4, seed=2)
+    blue = _generate(guarded, "a blue circle", 4, seed=2)
     assert [s.name for s in guarded.guard.image_stages] == ["clip"]
     is_red = [dominant_colour(img) == "red" for img in red.images]
     assert sum(is_red) >= 3
