@@ -1,36 +1,51 @@
 """Presets and settings: how strictly a policy is enforced.
 
-Layers, lowest first: built-in defaults < preset (``configs/presets/<name>.yaml``) < user file < keyword
-overrides. Every layer is checked against the schema of the built-in defaults; an unknown key is a
-:class:`~safeguard.errors.ConfigError` naming the key and the file it came from.
+Layers, lowest first: built-in defaults < preset (``configs/presets/<name>.yaml``) < user file or mapping
+(``config=``) < keyword overrides. Every layer is checked against the schema of the built-in defaults; an unknown key
+is a :class:`~safeguard.errors.ConfigError` naming the key and the file it came from, and so is a category id the
+policy does not have (with the closest ids as suggestions).
+
+A preset may lock settings with a ``locks:`` list of dotted setting names (:data:`LOCKABLE`). A later layer may make
+a locked setting stricter but never weaker; one that tries is a ConfigError naming the setting, the preset and the
+layer. How each setting gets stricter is fixed here, not in the preset: thresholds and limits may be lowered but not
+raised or set to null, redaction may only get more severe, backends may be added but not removed, and a stage that is
+on stays on. The resolved :class:`Settings` list what is locked, with the preset's values, in ``locks``.
 
 Example:
     >>> from safeguard.config import resolve_settings
     >>> s = resolve_settings(preset="research", output=False)
     >>> s.preset, s.output.enabled, s.prompt.enabled
     ('research', False, True)
+    >>> resolve_settings("strict").locks["output.redaction"].bound["default"]
+    'withhold'
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
+import functools
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from safeguard._files import bundled, bundled_names, check_keys, read_yaml
 from safeguard.errors import ConfigError
+from safeguard.policy import DEFAULT_POLICY, available_policies, load_policy
 
 __all__ = [
     "DEFAULT_PRESET",
+    "LOCKABLE",
     "ON_BLOCK",
     "OVERRIDES",
     "REDACTIONS",
+    "REDACTION_SEVERITY",
     "STEERING_STRENGTHS",
     "ClipSettings",
+    "Lock",
     "OpenClipSettings",
     "OutputSettings",
     "PromptSettings",
@@ -51,12 +66,14 @@ OVERRIDES = ("prompt", "steering", "output", "on_block", "redaction", "image_mod
 # The schema of every layer: a layer may set any of these keys and no other.
 _DEFAULTS: dict[str, Any] = {
     "description": "",
-    "allow_toggles": True,
     "on_block": "raise",
-    "accept_prompt_embeds": True,
+    # Embeddings without text escape the keyword and semantic rules; only a user layer may accept them.
+    "accept_prompt_embeds": False,
     "prompt": {
         "enabled": True,
         "max_chars": 20_000,
+        # Seconds one prompt-stage check may take; null: no deadline.
+        "deadline_s": 10.0,
         "thresholds": {"default": {"steer": 0.5, "block": 0.5}},
     },
     "steering": {"enabled": False, "strength": "medium"},
@@ -101,6 +118,8 @@ _DEFAULTS: dict[str, Any] = {
 _THRESHOLD_KEYS = ("steer", "block")
 _CATEGORY_REDACTIONS = ("withhold", "blur", "pixelate", "black", "flag")
 _USER_FILE_KEYS = ("preset",)
+# The settings keyed by category id, as (section, key).
+_BY_CATEGORY = (("prompt", "thresholds"), ("output", "thresholds"), ("output", "category_redaction"))
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,8 @@ class Thresholds:
 class PromptSettings:
     enabled: bool
     max_chars: int
+    #: Seconds one prompt-stage check may take; None: no deadline.
+    deadline_s: float | None
     thresholds: Thresholds
 
 
@@ -169,21 +190,40 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class Lock:
+    """A setting its preset locks: ``bound`` is the preset's value, and later layers may only be stricter.
+
+    ``rule`` says in words how the setting may change. For ``output.redaction`` the bound maps ``default``
+    and each category with its own redaction to the method.
+
+    Example:
+        >>> lock = resolve_settings("strict").locks["output.backends"]
+        >>> lock.bound, lock.rule
+        (('opennsfw', 'nudenet'), 'backends may be added, not removed')
+    """
+
+    setting: str
+    rule: str
+    bound: Any
+
+
+@dataclass(frozen=True)
 class Settings:
     """The resolved settings of one protected pipeline or check call.
 
-    ``layers`` names every layer that contributed, lowest first, for audit records.
+    ``layers`` names every layer that contributed, lowest first, for audit records; ``locks`` maps each
+    setting the preset locks to its :class:`Lock`.
     """
 
     preset: str
     description: str
-    allow_toggles: bool
     on_block: str
     accept_prompt_embeds: bool
     prompt: PromptSettings
     steering: SteeringSettings
     output: OutputSettings
     layers: tuple[str, ...]
+    locks: Mapping[str, Lock] = field(default_factory=dict)
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -192,6 +232,221 @@ class Settings:
         return tuple(name for name, on in flags if on)
 
 
+# -- locks ---------------------------------------------------------------------------------------------
+# Each check gets (setting, value now, the preset's value) and returns one line per weakening it finds.
+_Check = Callable[[str, Any, Any], list[str]]
+
+
+def _show(value: Any) -> str:
+    if value is None or value == math.inf:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return repr(value)
+
+
+def _ranked(order: tuple[Any, ...]) -> _Check:
+    """Weaker means earlier in ``order`` (weakest first) than the preset's value."""
+
+    def check(setting: str, value: Any, bound: Any) -> list[str]:
+        if order.index(value) >= order.index(bound):
+            return []
+        return [f"{setting} is {_show(value)}, weaker than the locked {_show(bound)}"]
+
+    return check
+
+
+def _same(setting: str, value: Any, bound: Any) -> list[str]:
+    return [] if value == bound else [f"{setting} is {_show(value)}, not the locked {_show(bound)}"]
+
+
+def _ceiling(setting: str, value: float | None, bound: float | None) -> list[str]:
+    # None (no limit, no steer band) and inf (block: null) are the weakest values.
+    def limit(x: float | None) -> float:
+        return math.inf if x is None else x
+
+    if limit(value) <= limit(bound):
+        return []
+    return [f"{setting} is {_show(value)}, above the locked {_show(bound)}"]
+
+
+def _superset(setting: str, value: tuple[str, ...], bound: tuple[str, ...]) -> list[str]:
+    missing = [x for x in bound if x not in value]
+    return [f"{setting} drops {', '.join(map(repr, missing))} from the locked {_show(bound)}"] if missing else []
+
+
+def _subset(setting: str, value: tuple[str, ...], bound: tuple[str, ...]) -> list[str]:
+    added = [x for x in value if x not in bound]
+    return [f"{setting} adds {', '.join(map(repr, added))} to the locked {_show(bound)}"] if added else []
+
+
+def _threshold_ceilings(setting: str, value: Thresholds, bound: Thresholds) -> list[str]:
+    found = []
+    # "default" is never a per-category key, so for_category("default") reads the default pair.
+    for category in ["default", *sorted(set(value.per_category) | set(bound.per_category))]:
+        pairs = zip(_THRESHOLD_KEYS, value.for_category(category), bound.for_category(category), strict=True)
+        for name, now, locked in pairs:
+            found += _ceiling(f"{setting}.{category}.{name}", now, locked)
+    return found
+
+
+# The order redaction_plan (stages/combine.py) ranks redactions by, with raise (no image at all) above withhold.
+#: Redactions from least to most severe ("raise" refuses the whole call): locks compare with it, and when
+#: several blocked categories of one image ask for different redactions, the most severe wins.
+REDACTION_SEVERITY = ("flag", "pixelate", "blur", "black", "withhold", "raise")
+
+
+def _redactions(output: OutputSettings) -> Mapping[str, str]:
+    return MappingProxyType({"default": output.redaction, **output.category_redaction})
+
+
+def _redaction_floors(setting: str, value: Mapping[str, str], bound: Mapping[str, str]) -> list[str]:
+    found = []
+    for category in ["default", *sorted((set(value) | set(bound)) - {"default"})]:
+        name = setting if category == "default" else f"output.category_redaction.{category}"
+        now, locked = value.get(category, value["default"]), bound.get(category, bound["default"])
+        found += _ranked(REDACTION_SEVERITY)(name, now, locked)
+    return found
+
+
+@dataclass(frozen=True)
+class _Lockable:
+    rule: str
+    read: Callable[[Settings], Any]
+    check: _Check
+
+
+_LOWER = "may be lowered, not raised or set to null"
+_LOCKABLE: dict[str, _Lockable] = {
+    "on_block": _Lockable("may become raise, not return", lambda s: s.on_block, _ranked(("return", "raise"))),
+    "accept_prompt_embeds": _Lockable(
+        "may become false, not true", lambda s: s.accept_prompt_embeds, _ranked((True, False))
+    ),
+    "prompt.enabled": _Lockable("may be turned on, not off", lambda s: s.prompt.enabled, _ranked((False, True))),
+    "prompt.max_chars": _Lockable("may be lowered, not raised", lambda s: s.prompt.max_chars, _ceiling),
+    "prompt.deadline_s": _Lockable(_LOWER, lambda s: s.prompt.deadline_s, _ceiling),
+    "prompt.thresholds": _Lockable(
+        f"every steer and block threshold, default and per category, {_LOWER}",
+        lambda s: s.prompt.thresholds,
+        _threshold_ceilings,
+    ),
+    # Neither direction is stricter in general: steering on steers what a preset without it blocks.
+    "steering.enabled": _Lockable("stays as the preset sets it", lambda s: s.steering.enabled, _same),
+    "steering.strength": _Lockable(
+        "may be raised, not lowered: weak < medium < strong < max",
+        lambda s: s.steering.strength,
+        _ranked(STEERING_STRENGTHS),
+    ),
+    "output.enabled": _Lockable("may be turned on, not off", lambda s: s.output.enabled, _ranked((False, True))),
+    "output.backends": _Lockable("backends may be added, not removed", lambda s: s.output.backends, _superset),
+    "output.redaction": _Lockable(
+        "at least as severe for every category, category_redaction included: "
+        "flag < pixelate < blur < black < withhold < raise",
+        lambda s: _redactions(s.output),
+        _redaction_floors,
+    ),
+    "output.thresholds": _Lockable(
+        f"every steer and block threshold, default and per category, {_LOWER}",
+        lambda s: s.output.thresholds,
+        _threshold_ceilings,
+    ),
+    "output.conjunction_threshold": _Lockable(_LOWER, lambda s: s.output.conjunction_threshold, _ceiling),
+    "output.nudenet.min_score": _Lockable(_LOWER, lambda s: s.output.nudenet_min_score, _ceiling),
+    "output.nudenet.min_skin": _Lockable(_LOWER, lambda s: s.output.nudenet_min_skin, _ceiling),
+    # Concept phrases change what CLIP scores can reach; each neutral concept takes probability mass from
+    # every category, each minor concept adds a way for the minor signal to fire.
+    "output.clip.templates": _Lockable("stays as the preset sets it", lambda s: s.output.clip.templates, _same),
+    "output.clip.neutral_concepts": _Lockable(
+        "concepts may be removed, not added", lambda s: s.output.clip.neutral_concepts, _subset
+    ),
+    "output.clip.minor_concepts": _Lockable(
+        "concepts may be added, not removed", lambda s: s.output.clip.minor_concepts, _superset
+    ),
+}
+#: The settings a preset may name under ``locks:``.
+LOCKABLE = tuple(_LOCKABLE)
+
+
+def _read_locks(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where}: locks: expected a list of setting names, got {value!r}")
+    for name in value:
+        if name not in _LOCKABLE:
+            raise ConfigError(f"{where}: locks: {name!r} cannot be locked{_suggest(name, LOCKABLE)}")
+    return tuple(dict.fromkeys(value))
+
+
+def _enforce_locks(settings: Settings, layer: str) -> None:
+    weaker = [
+        f"{line} ({_LOCKABLE[name].rule})"
+        for name, lock in settings.locks.items()
+        for line in _LOCKABLE[name].check(name, _LOCKABLE[name].read(settings), lock.bound)
+    ]
+    if weaker:
+        raise ConfigError(f"{layer} weakens what preset {settings.preset!r} locks: " + "; ".join(weaker))
+
+
+# -- categories ----------------------------------------------------------------------------------------
+@functools.cache
+def _categories_of(policy: str) -> tuple[str, ...]:
+    return tuple(c.id for c in load_policy(policy).categories)
+
+
+def _bundled_categories() -> set[str]:
+    return {c for policy in available_policies() for c in _categories_of(policy)}
+
+
+def _suggest(name: str, known: Collection[str]) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=3)
+    if close:
+        return "; did you mean " + " or ".join(map(repr, close)) + "?"
+    return f"; known: {', '.join(sorted(known))}"
+
+
+def _category_entries(layer: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(section, key, category id) of every category-keyed entry in a validated layer."""
+    return [
+        (section, key, category)
+        for section, key in _BY_CATEGORY
+        for category in layer.get(section, {}).get(key, {})
+        if not (key == "thresholds" and category == "default")
+    ]
+
+
+def _check_categories(layer: Mapping[str, Any], where: str, categories: tuple[str, ...]) -> None:
+    for section, key, category in _category_entries(layer):
+        if category not in categories:
+            raise ConfigError(
+                f"{where}: {section}.{key}.{category}: {category!r} is not a category of the policy in use"
+                + _suggest(category, categories)
+            )
+
+
+def _preset_for_policy(layer: dict[str, Any], where: str, categories: tuple[str, ...]) -> dict[str, Any]:
+    """The preset layer without its entries for categories of a bundled policy that the policy in use lacks.
+
+    The bundled presets are written for the bundled policies; an id in none of them, nor in the policy in
+    use, is a typo.
+    """
+    known = set(categories) | _bundled_categories()
+    skipped = set()
+    for section, key, category in _category_entries(layer):
+        if category not in known:
+            raise ConfigError(
+                f"{where}: {section}.{key}.{category}: {category!r} is a category of neither the policy in use nor "
+                "a bundled policy" + _suggest(category, known)
+            )
+        if category not in categories:
+            skipped.add((section, key, category))
+    layer = copy.deepcopy(layer)
+    for section, key, category in skipped:
+        del layer[section][key][category]
+    return layer
+
+
+# -- resolving -----------------------------------------------------------------------------------------
 def available_presets() -> list[str]:
     """Names of the bundled presets.
 
@@ -209,24 +464,31 @@ def resolve_settings(
     policy_categories: tuple[str, ...] | None = None,
     **overrides: Any,
 ) -> Settings:
-    """Resolve defaults < preset < user ``config`` file < keyword ``overrides`` into :class:`Settings`.
+    """Resolve defaults < preset < user ``config`` file or mapping < keyword ``overrides`` into :class:`Settings`.
 
     ``preset`` is a bundled preset name or a path to a preset file; ``None`` means the user file's
-    ``preset:`` key or, failing that, ``balanced``. Threshold entries for categories not in
-    ``policy_categories`` are ignored. Overrides: ``prompt``/``output`` (bool), ``steering`` (bool or a
-    strength name), ``on_block``, ``redaction`` and ``image_model`` (CLIP weights for the output stage:
-    a folder, a cached hub id or a loaded model; never copied); a preset with ``allow_toggles: false`` rejects any
-    override that weakens it.
+    ``preset:`` key or, failing that, ``balanced``. ``policy_categories`` are the category ids of the policy in
+    use (``None``: the default policy's). A category id in the user layer outside them is an error; a preset's
+    entry for a category of a bundled policy that the policy in use lacks is skipped. Overrides:
+    ``prompt``/``output`` (bool), ``steering`` (bool or a strength name), ``on_block``, ``redaction`` and
+    ``image_model`` (CLIP weights for the output stage: a folder, a cached hub id or a loaded model; never
+    copied). A user layer or override that weakens a setting the preset locks is an error.
 
     Raises:
-        ConfigError: unknown preset, unknown key in any layer, bad value, or a forbidden override.
+        ConfigError: unknown preset, unknown key or category in any layer, bad value, or a weakened lock.
+
+    Example:
+        >>> resolve_settings("strict", redaction="raise").output.redaction
+        'raise'
+        >>> resolve_settings("strict", redaction="blur")
+        Traceback (most recent call last):
+        ...
+        safeguard.errors.ConfigError: overrides: redaction='blur' weakens what preset 'strict' locks: ...
     """
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise ConfigError(f"unknown keyword override(s) {unknown}; allowed: {', '.join(OVERRIDES)}, preset, config")
-
-    merged = copy.deepcopy(_DEFAULTS)
-    layers = ["defaults"]
+    categories = _categories_of(DEFAULT_POLICY) if policy_categories is None else tuple(policy_categories)
 
     user: dict[str, Any] = {}
     user_where = ""
@@ -240,21 +502,32 @@ def resolve_settings(
 
     preset_name, preset_path = _find_preset(preset if preset is not None else DEFAULT_PRESET)
     preset_data = read_yaml(preset_path)
+    lock_names = _read_locks(preset_data.pop("locks", []), str(preset_path))
     _validate_layer(preset_data, str(preset_path))
-    _merge(merged, preset_data)
-    layers.append(str(preset_path))
+    merged = copy.deepcopy(_DEFAULTS)
+    _merge(merged, _preset_for_policy(preset_data, str(preset_path), categories))
+    layers = ["defaults", str(preset_path)]
+    settings = _build(merged, preset_name, tuple(layers))
+    locks = {name: Lock(name, _LOCKABLE[name].rule, _LOCKABLE[name].read(settings)) for name in lock_names}
+    settings = replace(settings, locks=MappingProxyType(locks))
 
     if config is not None:
         user = {k: v for k, v in user.items() if k not in _USER_FILE_KEYS}
+        if "locks" in user:
+            raise ConfigError(f"{user_where}: locks: only a preset can lock settings")
         _validate_layer(user, user_where)
+        _check_categories(user, user_where, categories)
         _merge(merged, user)
         layers.append(user_where)
+        settings = replace(_build(merged, preset_name, tuple(layers)), locks=settings.locks)
+        _enforce_locks(settings, user_where)
 
     if overrides:
-        _apply_overrides(merged, overrides, preset_name)
+        _apply_overrides(merged, overrides)
         layers.append("overrides: " + ", ".join(f"{k}={v!r}" for k, v in overrides.items()))
-
-    return _build(merged, preset_name, tuple(layers), policy_categories)
+        settings = replace(_build(merged, preset_name, tuple(layers)), locks=settings.locks)
+        _enforce_locks(settings, layers[-1])
+    return settings
 
 
 def _find_preset(preset: Any) -> tuple[str, Path]:
@@ -307,47 +580,31 @@ def _merge(base: dict[str, Any], layer: Mapping[str, Any]) -> None:
             base[key] = value if key == "weights" else copy.deepcopy(value)
 
 
-def _apply_overrides(merged: dict[str, Any], overrides: Mapping[str, Any], preset: str) -> None:
-    strict = not merged["allow_toggles"]
-
-    def forbid(name: str, value: Any) -> None:
-        raise ConfigError(
-            f"preset {preset!r} does not allow the override {name}={value!r} (allow_toggles is false); "
-            "use a preset that allows toggles, such as 'research'"
-        )
-
+def _apply_overrides(merged: dict[str, Any], overrides: Mapping[str, Any]) -> None:
     for name in ("prompt", "output"):
         if name in overrides:
             value = overrides[name]
             if not isinstance(value, bool):
                 raise ConfigError(f"override {name}= must be True or False, got {value!r}")
-            if strict and merged[name]["enabled"] and not value:
-                forbid(name, value)
             merged[name]["enabled"] = value
     if "steering" in overrides:
         value = overrides["steering"]
         if isinstance(value, bool):
-            if strict and merged["steering"]["enabled"] and not value:
-                forbid("steering", value)
             merged["steering"]["enabled"] = value
         elif isinstance(value, str):
             merged["steering"].update(enabled=True, strength=value)
         else:
             raise ConfigError(f"override steering= must be a bool or one of {STEERING_STRENGTHS}, got {value!r}")
     if "on_block" in overrides:
-        if strict and overrides["on_block"] != merged["on_block"]:
-            forbid("on_block", overrides["on_block"])
         merged["on_block"] = overrides["on_block"]
     if "image_model" in overrides:
         # CLIP weights for the output stage: a folder, a loaded CLIPModel or an encoder (never copied).
         merged["output"]["clip"]["weights"] = overrides["image_model"]
     if "redaction" in overrides:
-        if strict and overrides["redaction"] == "flag":
-            forbid("redaction", "flag")
         merged["output"]["redaction"] = overrides["redaction"]
 
 
-def _thresholds(raw: Mapping[str, Any], where: str, categories: tuple[str, ...] | None) -> Thresholds:
+def _thresholds(raw: Mapping[str, Any], where: str) -> Thresholds:
     default = raw.get("default", {})
     if "block" not in default:
         raise ConfigError(f"{where}.default: a block threshold is required")
@@ -355,7 +612,7 @@ def _thresholds(raw: Mapping[str, Any], where: str, categories: tuple[str, ...] 
     default_block = math.inf if default["block"] is None else default["block"]
     per_category: dict[str, tuple[float | None, float]] = {}
     for category, entry in raw.items():
-        if category == "default" or (categories is not None and category not in categories):
+        if category == "default":
             continue
         block = entry.get("block", default_block)
         per_category[category] = (entry.get("steer", default_steer), math.inf if block is None else block)
@@ -366,9 +623,7 @@ def _thresholds(raw: Mapping[str, Any], where: str, categories: tuple[str, ...] 
     return thresholds
 
 
-def _build(
-    merged: dict[str, Any], preset: str, layers: tuple[str, ...], categories: tuple[str, ...] | None
-) -> Settings:
+def _build(merged: dict[str, Any], preset: str, layers: tuple[str, ...]) -> Settings:
     def choice(value: Any, allowed: tuple[str, ...], name: str) -> str:
         if value not in allowed:
             raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -383,19 +638,24 @@ def _build(
     max_chars = prompt["max_chars"]
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars <= 0:
         raise ConfigError(f"prompt.max_chars must be a positive integer, got {max_chars!r}")
+    deadline = prompt["deadline_s"]
+    if deadline is not None and (
+        isinstance(deadline, bool) or not isinstance(deadline, int | float) or not 0.0 < deadline < math.inf
+    ):
+        raise ConfigError(f"prompt.deadline_s must be a positive number of seconds or null, got {deadline!r}")
     backends = output["backends"]
     if not isinstance(backends, list) or not all(isinstance(b, str) for b in backends):
         raise ConfigError(f"output.backends must be a list of backend names, got {backends!r}")
     return Settings(
         preset=preset,
         description=str(merged["description"]),
-        allow_toggles=flag(merged["allow_toggles"], "allow_toggles"),
         on_block=choice(merged["on_block"], ON_BLOCK, "on_block"),
         accept_prompt_embeds=flag(merged["accept_prompt_embeds"], "accept_prompt_embeds"),
         prompt=PromptSettings(
             enabled=flag(prompt["enabled"], "prompt.enabled"),
             max_chars=max_chars,
-            thresholds=_thresholds(prompt["thresholds"], "prompt.thresholds", categories),
+            deadline_s=None if deadline is None else float(deadline),
+            thresholds=_thresholds(prompt["thresholds"], "prompt.thresholds"),
         ),
         steering=SteeringSettings(
             enabled=flag(steering["enabled"], "steering.enabled"),
@@ -405,7 +665,7 @@ def _build(
             enabled=flag(output["enabled"], "output.enabled"),
             backends=tuple(backends),
             redaction=choice(output["redaction"], REDACTIONS, "output.redaction"),
-            thresholds=_thresholds(output["thresholds"], "output.thresholds", categories),
+            thresholds=_thresholds(output["thresholds"], "output.thresholds"),
             category_redaction=MappingProxyType(dict(output["category_redaction"])),
             conjunction_threshold=_unit(output["conjunction_threshold"], "output.conjunction_threshold"),
             clip=_clip_settings(output["clip"]),

@@ -162,7 +162,8 @@ def test_prompt_embeds_follow_the_preset(family, make_pipeline):
         pytest.skip("one family is enough for the embeds rule")
     pipe = make_pipeline()
     embeds, _ = pipe.encode_prompt("a lighthouse", "cpu", 1, False)
-    out = _run(safeguard.protect(pipe), None, prompt_embeds=embeds, output_type="np")
+    accept = {"accept_prompt_embeds": True}
+    out = _run(safeguard.protect(pipe, config=accept), None, prompt_embeds=embeds, output_type="np")
     assert len(out.prompt_verdicts) == 1 and not out.prompt_verdicts[0].flagged
     with pytest.raises(ConfigError, match="requires prompt text"):
         _run(safeguard.protect(make_pipeline(), preset="strict"), None, prompt_embeds=embeds)
