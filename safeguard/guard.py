@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,10 @@ from safeguard.stages.prompt import build_prompt_stages
 from safeguard.stages.steering import build_steering_stage
 from safeguard.verdict import STAGE_FAILURE, Action, Finding, Verdict
 
-__all__ = ["Guard"]
+__all__ = ["DEADLINE_CHUNK", "Guard", "StageTimeout"]
+
+#: Prompts checked per stage call: the prompt deadline applies to each chunk of this many prompts.
+DEADLINE_CHUNK = 256
 
 
 class Guard:
@@ -86,12 +90,42 @@ class Guard:
                 raise InputError(f"prompt {i} has {len(prompt)} characters; the limit is {limit} (prompt.max_chars)")
         if not prompts:
             return []
-        prompts = list(prompts)
-        per_stage = [
-            self._run(stage, lambda stage=stage: stage.check(prompts), len(prompts), "prompt")
-            for stage in self.prompt_stages
+        verdicts: list[Verdict] = []
+        for start in range(0, len(prompts), DEADLINE_CHUNK):
+            chunk = list(prompts[start : start + DEADLINE_CHUNK])
+            per_stage = [
+                self._run(
+                    stage, lambda stage=stage, chunk=chunk: stage.check(chunk), len(chunk), "prompt", self._deadline
+                )
+                for stage in self.prompt_stages
+            ]
+            verdicts += [self._steer_or_block(Verdict.combine(group)) for group in zip(*per_stage, strict=True)]
+        return verdicts
+
+    @property
+    def _deadline(self) -> float | None:
+        return self.settings.prompt.deadline_s
+
+    def _steer_or_block(self, verdict: Verdict) -> Verdict:
+        """A steer finding that no steering stage acts on becomes a block: a flagged prompt is never left as is."""
+        steerable = self.steering_stage.categories if self.steering_stage is not None else {}
+        unsteered = [f for f in verdict.findings if f.action is Action.STEER and f.category not in steerable]
+        if not unsteered:
+            return verdict
+        why = "steering is off under this preset" if self.steering_stage is None else "steering has no concepts"
+        blocks = [
+            Finding(
+                f.category,
+                f.score,
+                f.threshold,
+                f.stage,
+                Action.BLOCK,
+                "steer-band",
+                f"in the steer band ({f.source}); {why} for {f.category}, so the band is blocked",
+            )
+            for f in unsteered
         ]
-        return [Verdict.combine(group) for group in zip(*per_stage, strict=True)]
+        return Verdict.combine([verdict, Verdict.for_stage(blocks, {}, self.policy, "prompt")])
 
     def attach_pipeline(self, pipeline: Any) -> None:
         """Add the pipeline's own text encoder to the prompt stages, if the policy has a calibration for it.
@@ -117,7 +151,10 @@ class Guard:
         stage = self.encoder_stage
         if stage is None:
             return [Verdict.allow(self.policy.id, self.policy.version) for _ in range(count)]
-        return self._run(stage, lambda: stage.check_embeds(prompt_embeds, pooled_prompt_embeds), count, "prompt")
+        verdicts = self._run(
+            stage, lambda: stage.check_embeds(prompt_embeds, pooled_prompt_embeds), count, "prompt", self._deadline
+        )
+        return [self._steer_or_block(v) for v in verdicts]
 
     # -- images ----------------------------------------------------------------------------------------
     def check_images(self, images: torch.Tensor) -> list[Verdict]:
@@ -172,9 +209,16 @@ class Guard:
         return self
 
     # -- fail closed -----------------------------------------------------------------------------------
-    def _run(self, stage: Any, call: Callable[[], list[Verdict]], count: int, stage_kind: str) -> list[Verdict]:
+    def _run(
+        self,
+        stage: Any,
+        call: Callable[[], list[Verdict]],
+        count: int,
+        stage_kind: str,
+        deadline: float | None = None,
+    ) -> list[Verdict]:
         try:
-            verdicts = call()
+            verdicts = call() if deadline is None else _within(deadline, call, stage.name)
             if len(verdicts) != count:
                 raise RuntimeError(f"returned {len(verdicts)} verdicts for {count} inputs")
             for verdict in verdicts:
@@ -182,6 +226,11 @@ class Guard:
                 bad += [f.category for f in verdict.findings if not math.isfinite(f.score)]
                 if bad:
                     raise RuntimeError(f"returned non-finite scores for {sorted(set(bad))}")
+                # Combining recomputes the action from the findings, so a block without findings would
+                # silently become an allow: a verdict must say why it decided what it decided.
+                expected = max((f.action for f in verdict.findings), key=lambda a: a.severity, default=Action.ALLOW)
+                if verdict.action is not expected:
+                    raise RuntimeError(f"returned a {verdict.action.value} verdict whose findings say {expected.value}")
             return verdicts
         except InputError:
             raise
@@ -199,6 +248,35 @@ class Guard:
                 [finding], {}, policy_id=self.policy.id, policy_version=self.policy.version, stages=(stage_kind,)
             )
             return [failed] * count
+
+
+class StageTimeout(RuntimeError):
+    """A stage ran past its deadline; the Guard turns this into a ``stage_failure`` block."""
+
+
+def _within(deadline: float, call: Callable[[], list[Verdict]], name: str) -> list[Verdict]:
+    """Run ``call`` in a worker thread and wait at most ``deadline`` seconds for it.
+
+    Python cannot stop a thread, so a stage that hangs keeps its (daemon) worker thread until it returns;
+    the caller gets its block at the deadline all the same.
+    """
+    result: list[Any] = []
+
+    def work() -> None:
+        try:
+            result.append((True, call()))
+        except BaseException as err:  # handed to the caller's thread, which decides
+            result.append((False, err))
+
+    worker = threading.Thread(target=work, name=f"safeguard-{name}", daemon=True)
+    worker.start()
+    worker.join(deadline)
+    if not result:
+        raise StageTimeout(f"did not finish within its deadline of {deadline:g} s (prompt.deadline_s)")
+    ok, value = result[0]
+    if not ok:
+        raise value
+    return value
 
 
 def _must_withhold(verdict: Verdict) -> bool:

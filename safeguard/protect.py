@@ -3,7 +3,10 @@
 The wrapper is called exactly like the pipeline and passes every other attribute through. For the length of
 one call it intercepts the pipeline's ``image_processor.postprocess`` to check the decoded images on their
 own device, before they are converted to the requested ``output_type``; the interception is removed when the
-call ends, also when it raises, so no component is left changed.
+call ends, also when it raises, so no component is left changed. Whatever the call returns must be what an
+intercepted ``postprocess`` produced: any other image (a pipeline that decodes itself, a swapped image
+processor, an image edited afterwards) is checked on the way out, or withheld with a ``stage_failure``
+finding when it cannot be read. Calls that share a denoiser run one at a time (:mod:`safeguard.call_scope`).
 
 Example:
     >>> import safeguard
@@ -17,21 +20,24 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
-from safeguard.errors import ConfigError, InputError, PromptBlocked
+from safeguard.call_scope import Call, call_scope, current_call
+from safeguard.errors import ConfigError, ImageBlocked, InputError, PromptBlocked
 from safeguard.guard import Guard
+from safeguard.images import to_unit_tensors
 from safeguard.pipelines import PipelineSpec, spec_for
 from safeguard.policy import DEFAULT_POLICY, Policy
 from safeguard.stages.combine import redaction_plan
-from safeguard.verdict import Verdict
+from safeguard.verdict import STAGE_FAILURE, Action, Finding, Verdict
 
 __all__ = ["ProtectedPipeline", "ProtectedPipelineOutput", "protect", "unprotect"]
 
@@ -46,11 +52,14 @@ class ProtectedPipelineOutput(BaseOutput):
             a prompt was blocked and ``on_block`` is ``return``.
         verdicts: one per image, in image order: the image's own verdict combined with its prompt's.
         prompt_verdicts: one per prompt.
+        nsfw_content_detected: what diffusers' own ``safety_checker`` said, when the pipeline has one (its
+            decision is also a finding in ``verdicts``, and its blacked-out images stay black).
     """
 
     images: Any
     verdicts: list[Verdict]
     prompt_verdicts: list[Verdict]
+    nsfw_content_detected: list[bool] | None = None
 
 
 class ProtectedPipeline:
@@ -60,7 +69,7 @@ class ProtectedPipeline:
         object.__setattr__(self, "_pipeline", pipeline)
         object.__setattr__(self, "_guard", guard)
         object.__setattr__(self, "_spec", spec)
-        object.__setattr__(self, "_signature", inspect.signature(pipeline.__call__))
+        object.__setattr__(self, "_signature", _call_signature(pipeline))
 
     # -- attribute pass-through ------------------------------------------------------------------------
     @property
@@ -100,43 +109,42 @@ class ProtectedPipeline:
         bound = self._signature.bind(*args, **kwargs)
         arguments = {**_defaults(self._signature), **bound.arguments}
         guard = self._guard
-
-        prompt_verdicts = self._check_prompts(arguments)
-        blocked = [v for v in prompt_verdicts if v.blocked]
-        if blocked:
-            combined = Verdict.combine(blocked)
-            if combined.locked or guard.settings.on_block == "raise":
-                raise PromptBlocked(f"prompt blocked: {combined}", combined, tuple(prompt_verdicts))
-            return self._finish([], [], prompt_verdicts, arguments.get("return_dict", True))
-
-        output_type = arguments.get("output_type", "pil")
-        if guard.image_stages and output_type == "latent":
-            raise ConfigError(
-                "output_type='latent' skips decoding, so the output stage cannot check the images; "
-                "ask for 'pil', 'np' or 'pt', or turn the output stage off where the preset allows it"
-            )
-
-        interception = _PostprocessInterception(guard)
-        steering = guard.steering_stage
-        # arguments names the positional ones too: steering reads the prompt text wherever it was passed.
-        steered = steering.apply(self._pipeline, kwargs, prompt_verdicts, arguments) if steering else nullcontext()
-        with steered, interception.installed(self._pipeline.image_processor):
-            result = self._pipeline(*args, **kwargs)
-
         return_dict = arguments.get("return_dict", True)
+
+        # Calls that share this denoiser run one at a time (see safeguard.call_scope), prompt check included:
+        # the prompt stage may use the pipeline's own text encoder.
+        with call_scope(getattr(self._pipeline, self._spec.denoiser)) as call:
+            prompt_verdicts = self._check_prompts(arguments)
+            blocked = [v for v in prompt_verdicts if v.blocked]
+            if blocked:
+                combined = Verdict.combine(blocked)
+                if combined.locked or guard.settings.on_block == "raise":
+                    raise PromptBlocked(f"prompt blocked: {combined}", combined, tuple(prompt_verdicts))
+                return self._finish([], [], prompt_verdicts, None, return_dict)
+
+            output_type = arguments.get("output_type", "pil")
+            if guard.image_stages and output_type == "latent":
+                raise ConfigError(
+                    "output_type='latent' skips decoding, so the output stage cannot check the images; "
+                    "ask for 'pil', 'np' or 'pt', or turn the output stage off where the preset allows it"
+                )
+
+            check = _OutputCheck(guard, call)
+            steering = guard.steering_stage
+            # arguments names the positional ones too: steering reads the prompt text wherever it was passed.
+            steered = steering.apply(self._pipeline, kwargs, prompt_verdicts, arguments) if steering else nullcontext()
+            with steered, check.intercepting(self._pipeline.image_processor):
+                result = self._pipeline(*args, **kwargs)
+
         images = result.images if return_dict else result[0]
-        count = len(images)
-        per_prompt = max(1, count // max(1, len(prompt_verdicts)))
-        image_verdicts = interception.verdicts or [
-            Verdict.allow(guard.policy.id, guard.policy.version) for _ in range(count)
-        ]
+        nsfw = getattr(result, "nsfw_content_detected", None) if return_dict else _tuple_item(result, 1)
+        images, image_verdicts = check.returned(images, _as_flags(nsfw, _count(images)))
+        per_prompt = max(1, len(image_verdicts) // max(1, len(prompt_verdicts)))
         verdicts = [
-            Verdict.combine([image_verdicts[i], prompt_verdicts[min(i // per_prompt, len(prompt_verdicts) - 1)]])
-            for i in range(count)
+            Verdict.combine([verdict, prompt_verdicts[min(i // per_prompt, len(prompt_verdicts) - 1)]])
+            for i, verdict in enumerate(image_verdicts)
         ]
-        if interception.withheld and isinstance(images, list):
-            images = [None if i in interception.withheld else image for i, image in enumerate(images)]
-        return self._finish(images, verdicts, prompt_verdicts, return_dict)
+        return self._finish(images, verdicts, prompt_verdicts, nsfw, return_dict)
 
     def _check_prompts(self, arguments: dict[str, Any]) -> list[Verdict]:
         guard = self._guard
@@ -148,7 +156,15 @@ class ProtectedPipeline:
             if not guard.settings.accept_prompt_embeds:
                 raise ConfigError(
                     f"preset {guard.settings.preset!r} requires prompt text (accept_prompt_embeds is false); "
-                    "prompt_embeds alone cannot be checked by the prompt stage"
+                    "prompt_embeds alone cannot be checked by the prompt stage. A user config file or dict may "
+                    "set accept_prompt_embeds: true where the preset does not lock it"
+                )
+            if not guard.image_stages:
+                # Without text, the locked child-safety rule can only run on the images.
+                raise ConfigError(
+                    "prompt_embeds without prompt text need an image check: the locked child-safety check on the "
+                    "images is the only one such a call gets, and the output stage is off (or none of its "
+                    "backends scores a category of this policy)"
                 )
             return guard.check_prompt_embeds(embeds, arguments.get("pooled_prompt_embeds"))
         prompts = _as_list(prompt, "prompt")
@@ -166,70 +182,237 @@ class ProtectedPipeline:
         return [Verdict.combine(group) for group in zip(*verdict_sets, strict=True)]
 
     @staticmethod
-    def _finish(images: Any, verdicts: list[Verdict], prompt_verdicts: list[Verdict], return_dict: bool) -> Any:
-        output = ProtectedPipelineOutput(images=images, verdicts=verdicts, prompt_verdicts=prompt_verdicts)
-        return output if return_dict else (images, verdicts, prompt_verdicts)
+    def _finish(
+        images: Any, verdicts: list[Verdict], prompt_verdicts: list[Verdict], nsfw: Any, return_dict: bool
+    ) -> Any:
+        if not return_dict:
+            return images, verdicts, prompt_verdicts
+        return ProtectedPipelineOutput(
+            images=images, verdicts=verdicts, prompt_verdicts=prompt_verdicts, nsfw_content_detected=nsfw
+        )
 
 
-class _PostprocessInterception:
-    """Checks and redacts decoded images inside ``image_processor.postprocess`` for one call."""
+@dataclass
+class _Checked:
+    """One intercepted ``postprocess`` call: what it returned, a copy of it, and the verdicts of its images."""
 
-    def __init__(self, guard: Guard) -> None:
+    output: Any
+    snapshot: list[np.ndarray] | np.ndarray | torch.Tensor
+    verdicts: list[Verdict]
+    withheld: set[int]
+
+
+class _OutputCheck:
+    """The output stage for one call: inside ``image_processor.postprocess``, and on everything returned.
+
+    Decoded images are checked (and redacted) inside the pipeline's ``postprocess``, on their own device and
+    before any conversion. When the call ends, every returned image must be one that an intercepted
+    ``postprocess`` produced, unchanged since; any other image (a pipeline that decodes without
+    ``postprocess``, a swapped ``image_processor``, an image edited afterwards) is converted back to a tensor
+    and checked there, and withheld when it cannot be. Nothing is kept between calls.
+    """
+
+    def __init__(self, guard: Guard, call: Call) -> None:
         self.guard = guard
-        self.verdicts: list[Verdict] = []
-        self.withheld: set[int] = set()
-        self._seen: dict[tuple[int, tuple[int, ...]], tuple[list[Verdict], list[int], torch.Tensor]] = {}
+        self.call = call
+        self.checked: list[_Checked] = []
+        # Decoded batches already checked in this call, with their verdicts: diffusers' own safety checker
+        # post-processes the same batch twice, and a batch whose pixels did not change needs no second check.
+        self._seen: list[tuple[torch.Tensor, list[Verdict]]] = []
 
-    def installed(self, processor: Any) -> _Installed:
-        return _Installed(self, processor)
+    @contextmanager
+    def intercepting(self, processor: Any) -> Iterator[None]:
+        """Patch ``processor.postprocess`` on the instance for the length of the call."""
+        previous = processor.__dict__.get("postprocess")
+        original = processor.postprocess
 
-    def process(self, original: Any, processor: Any, image: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        def postprocess(image: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if current_call() is not self.call:  # another thread's call through the same processor
+                return original(image, *args, **kwargs)
+            return self._process(original, processor, image, *args, **kwargs)
+
+        processor.postprocess = postprocess
+        try:
+            yield
+        finally:
+            if previous is None:
+                del processor.postprocess
+            else:
+                processor.postprocess = previous
+
+    def _process(self, original: Any, processor: Any, image: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         output_type = kwargs.get("output_type", args[0] if args else "pil")
         if output_type == "latent" or not self.guard.image_stages:
             return original(image, *args, **kwargs)
         denormalize = kwargs.get("do_denormalize", args[1] if len(args) > 1 else None)
         if denormalize is None:
             denormalize = [bool(processor.config.do_normalize)] * image.shape[0]
-        # The same decoded batch may be post-processed twice (diffusers' own checker does); check it once.
-        key = (image.data_ptr(), tuple(image.shape))
-        if key not in self._seen:
-            unit = torch.stack(
-                [(x / 2 + 0.5).clamp(0, 1) if d else x.clamp(0, 1) for x, d in zip(image, denormalize, strict=True)]
-            )
-            verdicts = self.guard.check_images(unit)
-            redacted, withheld = self.guard.apply_redaction(unit, verdicts)
-            changed = image.clone()
-            for i, verdict in enumerate(verdicts):
-                flag_only = redaction_plan(verdict, self.guard.settings.output)[0] == "flag"
-                if i in withheld or (verdict.blocked and not flag_only):
-                    changed[i] = redacted[i] * 2 - 1 if denormalize[i] else redacted[i]
-            self._seen[key] = (verdicts, withheld, changed)
-        self.verdicts, withheld, changed = self._seen[key]
-        self.withheld = set(withheld)
-        return original(changed, *args, **kwargs)
+        unit = torch.stack(
+            [(x / 2 + 0.5).clamp(0, 1) if d else x.clamp(0, 1) for x, d in zip(image, denormalize, strict=True)]
+        )
+        verdicts = self._verdicts(unit)
+        redacted, withheld = self.guard.apply_redaction(torch.nan_to_num(unit, nan=0.0), verdicts)
+        changed = image.clone()
+        for i, verdict in enumerate(verdicts):
+            flag_only = redaction_plan(verdict, self.guard.settings.output)[0] == "flag"
+            if i in withheld or (verdict.blocked and not flag_only):
+                changed[i] = redacted[i] * 2 - 1 if denormalize[i] else redacted[i]
+        output = original(changed, *args, **kwargs)
+        self.checked.append(_Checked(output, _snapshot(output), verdicts, set(withheld)))
+        return output
 
+    def _verdicts(self, unit: torch.Tensor) -> list[Verdict]:
+        for seen, verdicts in self._seen:
+            if seen.shape == unit.shape and torch.equal(seen, unit):
+                return verdicts
+        finite = torch.isfinite(unit.flatten(1)).all(dim=1).tolist()
+        verdicts = self.guard.check_images(torch.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0))
+        verdicts = [
+            v if ok else Verdict.combine([v, self._failure("decoded image has non-finite values")])
+            for v, ok in zip(verdicts, finite, strict=True)
+        ]
+        self._seen.append((unit.clone(), verdicts))
+        return verdicts
 
-class _Installed:
-    def __init__(self, interception: _PostprocessInterception, processor: Any) -> None:
-        self.interception = interception
-        self.processor = processor
-        self.previous: Any = None
+    def _failure(self, detail: str) -> Verdict:
+        policy = self.guard.policy
+        finding = Finding(STAGE_FAILURE, 1.0, 1.0, "output", Action.BLOCK, "output-check", detail)
+        return Verdict.for_stage([finding], {}, policy, "output")
 
-    def __enter__(self) -> None:
-        processor = self.processor
-        self.previous = processor.__dict__.get("postprocess")
-        original = processor.postprocess
-
-        def postprocess(image: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            return self.interception.process(original, processor, image, *args, **kwargs)
-
-        processor.postprocess = postprocess
-
-    def __exit__(self, *exc: object) -> None:
-        if self.previous is None:
-            del self.processor.postprocess
+    # -- what the call returns -------------------------------------------------------------------------
+    def returned(self, images: Any, nsfw: list[bool] | None) -> tuple[Any, list[Verdict]]:
+        """The images to return and one verdict each; ``nsfw`` are diffusers' own checker's flags, if any."""
+        count = _count(images)
+        withheld: set[int] = set()
+        late: set[int] = set()  # blocked here, after the pipeline returned
+        if not self.guard.image_stages:
+            policy = self.guard.policy
+            verdicts = [Verdict.allow(policy.id, policy.version) for _ in range(count)]
         else:
-            self.processor.postprocess = self.previous
+            verdicts = self._match(images, count, withheld, late)
+        if nsfw is not None:
+            for i, flagged in enumerate(nsfw):
+                if flagged:
+                    verdicts[i] = Verdict.combine([verdicts[i], self._diffusers_block()])
+                    late.add(i)
+                    # Its blackout stays; a preset that withholds blocked images withholds this one too.
+                    if redaction_plan(verdicts[i], self.guard.settings.output)[0] == "withhold":
+                        withheld.add(i)
+        if late and self.guard.settings.output.redaction == "raise":
+            combined = Verdict.combine(verdicts[i] for i in sorted(late))
+            raise ImageBlocked(f"{len(late)} image(s) blocked: {combined}", combined, tuple(verdicts))
+        return _withhold(images, withheld), verdicts
+
+    def _diffusers_block(self) -> Verdict:
+        policy = self.guard.policy
+        finding = Finding(
+            "sexual", 1.0, 0.5, "image", Action.BLOCK, "diffusers-safety-checker",
+            "the pipeline's own safety_checker flagged this image and blacked it out",
+        )  # fmt: skip
+        return Verdict.for_stage([finding], {}, policy, "output")
+
+    def _match(self, images: Any, count: int, withheld: set[int], late: set[int]) -> list[Verdict]:
+        """Each returned image's verdict; adds to ``withheld``, and to ``late`` what was blocked only now."""
+        verdicts: list[Verdict | None] = [None] * count
+        for record in reversed(self.checked):  # the latest postprocess call that produced an image decides
+            for i, j in _positions(images, record):
+                if verdicts[i] is None:
+                    verdicts[i] = record.verdicts[j]
+                    if j in record.withheld:
+                        withheld.add(i)
+        missing = [i for i, v in enumerate(verdicts) if v is None]
+        if missing:
+            for i, verdict in zip(missing, self._check_returned(images, missing), strict=True):
+                verdicts[i] = verdict
+                if verdict.blocked:
+                    late.add(i)
+                    if redaction_plan(verdict, self.guard.settings.output)[0] != "flag":
+                        # Redaction needs the decoded tensor, which this path never saw: withhold instead.
+                        withheld.add(i)
+        return [v for v in verdicts if v is not None]
+
+    def _check_returned(self, images: Any, indices: list[int]) -> list[Verdict]:
+        """Check images that bypassed the interception, converted back to ``[0, 1]`` tensors."""
+        try:
+            items = [images[i] for i in indices]
+            tensors = to_unit_tensors(items)
+        except (InputError, TypeError, IndexError, KeyError) as err:
+            failure = self._failure(f"returned images bypassed the output check and cannot be read: {err}")
+            return [failure for _ in indices]
+        out = []
+        for tensor in tensors:
+            verdict = self.guard.check_images(tensor.unsqueeze(0))[0]
+            out.append(Verdict.combine([verdict, self._bypassed()]))
+        return out
+
+    def _bypassed(self) -> Verdict:
+        # An allow verdict that records the path: these images were checked after conversion, not on the device.
+        policy = self.guard.policy
+        return Verdict.allow(policy.id, policy.version, ("output-returned",))
+
+
+def _snapshot(output: Any) -> list[np.ndarray] | np.ndarray | torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output.detach().clone()
+    if isinstance(output, np.ndarray):
+        return output.copy()
+    return [np.asarray(item) for item in output]
+
+
+def _positions(images: Any, record: _Checked) -> list[tuple[int, int]]:
+    """(returned index, index in ``record``) for each returned image that ``record`` produced, unchanged."""
+    output, snapshot = record.output, record.snapshot
+    if isinstance(images, torch.Tensor):
+        same = images is output and torch.equal(images, snapshot)  # type: ignore[arg-type]
+        return [(i, i) for i in range(images.shape[0])] if same else []
+    if isinstance(images, np.ndarray):
+        same = images is output and np.array_equal(images, snapshot)  # type: ignore[arg-type]
+        return [(i, i) for i in range(images.shape[0])] if same else []
+    if not isinstance(images, list) or not isinstance(output, list):
+        return []
+    where = {id(item): j for j, item in enumerate(output)}  # ids of objects the record keeps alive
+    pairs = []
+    for i, item in enumerate(images):
+        j = where.get(id(item))
+        if j is not None and output[j] is item and np.array_equal(np.asarray(item), snapshot[j]):
+            pairs.append((i, j))
+    return pairs
+
+
+def _count(images: Any) -> int:
+    return images.shape[0] if isinstance(images, np.ndarray | torch.Tensor) else len(images)
+
+
+def _withhold(images: Any, withheld: set[int]) -> Any:
+    """``images`` with the withheld ones removed: None in a list, all zeros in an array or tensor."""
+    if not withheld:
+        return images
+    if isinstance(images, list):
+        return [None if i in withheld else image for i, image in enumerate(images)]
+    for i in withheld:
+        images[i] = 0
+    return images
+
+
+def _tuple_item(result: Any, index: int) -> Any:
+    return result[index] if isinstance(result, tuple) and len(result) > index else None
+
+
+def _as_flags(nsfw: Any, count: int) -> list[bool] | None:
+    """diffusers' ``nsfw_content_detected`` as one bool per image, or None when the pipeline has no checker."""
+    if not isinstance(nsfw, list) or len(nsfw) != count:
+        return None
+    return [bool(flag) for flag in nsfw]
+
+
+def _call_signature(pipeline: Any) -> inspect.Signature:
+    """The signature that names the call's arguments: a subclass whose ``__call__`` takes ``*args, **kwargs``
+    hands them to a base class's call, whose signature says where the prompt is."""
+    for klass in type(pipeline).__mro__:
+        call = klass.__dict__.get("__call__")
+        if call is not None and "prompt" in inspect.signature(call).parameters:
+            return inspect.signature(call.__get__(pipeline))
+    return inspect.signature(pipeline.__call__)
 
 
 def _defaults(signature: inspect.Signature) -> dict[str, Any]:

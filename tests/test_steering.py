@@ -38,9 +38,8 @@ def _run(pipe, prompt, **kwargs):
 
 
 def _protect(pipe, steering, config=STEER_ONLY, **kwargs):
-    return safeguard.protect(
-        pipe, policy=POLICY_PATH, preset="research", output=False, config=config, steering=steering, **kwargs
-    )
+    kwargs.setdefault("output", False)
+    return safeguard.protect(pipe, policy=POLICY_PATH, preset="research", config=config, steering=steering, **kwargs)
 
 
 def _components(pipe):
@@ -98,7 +97,7 @@ def _rows_seen(pipe):
 # -- all four families ---------------------------------------------------------------------------------
 def test_steering_changes_a_flagged_prompt_and_leaves_a_benign_one_bit_identical(family, make_pipeline):
     pipe = make_pipeline()
-    plain = _run(_protect(pipe, False), "a red circle").images
+    plain = _run(pipe, "a red circle").images
     plain_benign = _run(pipe, "a blue circle").images
     guarded = _protect(pipe, "strong")
     out = _run(guarded, "a red circle")
@@ -115,7 +114,7 @@ def test_steering_changes_a_flagged_prompt_and_leaves_a_benign_one_bit_identical
 @pytest.mark.parametrize(("projection", "guidance"), [(True, False), (False, True)])
 def test_each_method_alone_changes_the_flagged_output(family, make_pipeline, projection, guidance):
     pipe = make_pipeline()
-    plain = _run(_protect(pipe, False), "a red circle").images
+    plain = _run(pipe, "a red circle").images
     guarded = _with_method(_protect(pipe, "strong"), projection, guidance)
     with _rows_seen(pipe) as rows:
         out = _run(guarded, "a red circle").images
@@ -146,7 +145,7 @@ def test_components_are_unchanged_after_a_call_and_after_a_call_that_raises(make
 def test_batches_steer_only_the_flagged_prompts(family, make_pipeline):
     pipe = make_pipeline()
     prompts = ["a blue circle", "a red circle"]
-    plain = _run(_protect(pipe, False), prompts, num_images_per_prompt=2).images
+    plain = _run(pipe, prompts, num_images_per_prompt=2).images
     with _rows_seen(pipe) as rows:
         out = _run(_protect(pipe, "medium"), prompts, num_images_per_prompt=2)
     assert [v.action for v in out.prompt_verdicts] == [Action.ALLOW, Action.STEER]
@@ -195,13 +194,15 @@ def test_prompt_embeds_are_steered_from_their_own_concept_score():
 
     pipe = tiny.sd_pipeline()
     embeds, _ = pipe.encode_prompt("a red circle", "cpu", 1, False)
-    config = {"prompt": {"thresholds": {"default": {"steer": 0.0, "block": 1.0}}}}
+    # prompt_embeds need an explicit yes in a user layer, and an image check (here the toy policy's CLIP).
+    config = {"accept_prompt_embeds": True, "prompt": {"thresholds": {"default": {"steer": 0.0, "block": 1.0}}}}
     plain = _run(pipe, None, prompt_embeds=embeds).images
-    out = _run(_protect(pipe, "weak", config=config), None, prompt_embeds=embeds).images
+    out = _run(_protect(pipe, "weak", config=config, output=True), None, prompt_embeds=embeds).images
     assert not np.array_equal(out, plain)
-    never = {"prompt": {"thresholds": {"default": {"steer": None, "block": 1.0}}}}
+    never = {"accept_prompt_embeds": True, "prompt": {"thresholds": {"default": {"steer": None, "block": 1.0}}}}
     with contextlib.suppress(AssertionError):  # a score of exactly 1.0 would be steered; random weights
-        assert np.array_equal(_run(_protect(pipe, "weak", config=never), None, prompt_embeds=embeds).images, plain)
+        unsteered = _run(_protect(pipe, "weak", config=never, output=True), None, prompt_embeds=embeds).images
+        assert np.array_equal(unsteered, plain)
 
 
 def test_global_torch_state_is_untouched_by_steering():

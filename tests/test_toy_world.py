@@ -196,8 +196,10 @@ def test_prompt_embeds_alone_are_scored_by_the_toy_text_encoder(world: ToyWorld)
     import safeguard
 
     pipe = world.pipeline
+    # Accepted only by an explicit user setting, and only with an image check (the toy world's CLIP) on.
+    accept = {"accept_prompt_embeds": True}
     guarded = safeguard.protect(
-        pipe, policy=world.policy, preset="research", output=False, steering=False, on_block="return"
+        pipe, policy=world.policy, preset="research", steering=False, on_block="return", config=accept
     )
     embeds, _ = pipe.encode_prompt(["a crimson circle", "a green square"], pipe.device, 1, False)
     out = guarded(prompt_embeds=embeds, num_inference_steps=2, output_type="np")
@@ -205,7 +207,7 @@ def test_prompt_embeds_alone_are_scored_by_the_toy_text_encoder(world: ToyWorld)
     assert out.prompt_verdicts[0].findings[0].source == "encoder"
     assert len(out.images) == 0
     with pytest.raises(safeguard.PromptBlocked):
-        safeguard.protect(pipe, policy=world.policy, preset="research", output=False)(
+        safeguard.protect(pipe, policy=world.policy, preset="research", config=accept)(
             prompt_embeds=embeds[:1], num_inference_steps=2
         )
 

@@ -21,15 +21,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from safeguard.config import OutputSettings
+from safeguard.config import REDACTION_SEVERITY, OutputSettings
 from safeguard.policy import Conjunction, Policy
 from safeguard.verdict import STAGE_FAILURE, Action, Finding, Verdict
 
-__all__ = ["REDACTION_SEVERITY", "apply_image_conjunctions", "redaction_plan"]
-
-#: Per-category redactions from least to most severe; when several blocked categories ask for different
-#: ones, the most severe wins.
-REDACTION_SEVERITY = ("flag", "pixelate", "blur", "black", "withhold")
+__all__ = ["apply_image_conjunctions", "redaction_plan"]
 
 
 def _element_score(policy: Policy, verdict: Verdict, element: str) -> float | None:
@@ -109,5 +105,4 @@ def redaction_plan(verdict: Verdict, settings: OutputSettings) -> tuple[str, tup
 
 
 def _severity(method: str) -> int:
-    # "raise" is handled before any redaction; count it as the most severe.
-    return REDACTION_SEVERITY.index(method) if method in REDACTION_SEVERITY else len(REDACTION_SEVERITY)
+    return REDACTION_SEVERITY.index(method)

@@ -67,9 +67,9 @@ class ConceptSteeringStage:
         self.categories: dict[str, Category] = {
             c.id: c for c in policy.categories if c.enforced and not c.locked and steering_phrases(c)
         }
-        self._caches: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], Any]] = weakref.WeakKeyDictionary()
-        #: What the last steered call did: ``{"calls": guided denoiser calls, "extra_rows": ...}``.
-        self.last_stats: dict[str, int] = {}
+        self._caches: weakref.WeakKeyDictionary[Any, tuple[list[Any], dict[tuple[Any, ...], Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- the stage interface ---------------------------------------------------------------------------
     def apply(
@@ -172,7 +172,6 @@ class ConceptSteeringStage:
             empty_fn=lambda length: self._empty(pipe, adapter, length),
             preset=preset,
         )
-        self.last_stats = plan.stats
         hooks = DenoiserHooks(pipe, adapter, plan)
         try:
             hooks.install()
@@ -182,8 +181,15 @@ class ConceptSteeringStage:
 
     # -- cached concept encodings ----------------------------------------------------------------------
     def _cached(self, pipe: Any, adapter: FamilyAdapter, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
-        cache = self._caches.setdefault(pipe, {})
-        full_key = (*key, adapter.encoders(pipe), str(pipe._execution_device))
+        # Encodings belong to the text encoders that made them: a swapped encoder empties the pipeline's cache.
+        # The encoders are compared as objects (through weak references), never by address.
+        encoders = adapter.encoders(pipe)
+        state = self._caches.get(pipe)
+        if state is None or any((ref() if ref else None) is not e for ref, e in zip(state[0], encoders, strict=True)):
+            state = ([weakref.ref(e) if e is not None else None for e in encoders], {})
+            self._caches[pipe] = state
+        cache = state[1]
+        full_key = (*key, str(pipe._execution_device))
         if full_key not in cache:
             cache[full_key] = make()
         return cache[full_key]

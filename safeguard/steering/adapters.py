@@ -90,10 +90,9 @@ class FamilyAdapter:
             )
             return Encoded(tokens, pooled)
 
-    def encoders(self, pipe: Any) -> tuple[int, ...]:
-        """Identities of the text encoders, so cached concept encodings follow a swapped encoder."""
-        names = ("text_encoder", "text_encoder_2", "text_encoder_3")
-        return tuple(id(getattr(pipe, n, None)) for n in names)
+    def encoders(self, pipe: Any) -> tuple[Any, ...]:
+        """The pipeline's text encoders (None where it has none), so cached encodings follow a swapped encoder."""
+        return tuple(getattr(pipe, n, None) for n in ("text_encoder", "text_encoder_2", "text_encoder_3"))
 
     def uses_cfg(self, pipe: Any) -> bool:
         """Whether this call runs batched CFG (read during the call: the pipeline sets its guidance scale)."""

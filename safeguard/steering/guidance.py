@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from safeguard.call_scope import current_call
 from safeguard.steering.adapters import Encoded, FamilyAdapter
 from safeguard.steering.presets import SteeringPreset
 
@@ -75,15 +76,23 @@ class CallPlan:
 
 
 class DenoiserHooks:
-    """Forward pre- and post-hooks on the denoiser for one call; :meth:`remove` takes both away."""
+    """Forward pre- and post-hooks on the denoiser for one call; :meth:`remove` takes both away.
+
+    The hooks belong to the protected call that installed them (:func:`safeguard.call_scope.current_call`)
+    and act only inside it: a denoiser shared with another pipeline may be called from another thread
+    meanwhile, and that call must not be steered. ``name`` says which call they belong to.
+    """
 
     def __init__(self, pipe: Any, adapter: FamilyAdapter, plan: CallPlan) -> None:
         self.pipe = pipe
         self.adapter = adapter
         self.plan = plan
+        self.owner = current_call()
+        self.name = f"safeguard-steering:{self.owner.name if self.owner else 'direct'}"
         self._handles: list[Any] = []
-        self._cond_ptr: int | None = None
-        self._cache: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor | None]] = {}
+        # The prompt's own conditioning tensor and its projection, held (not keyed by address) for the call.
+        self._cond: torch.Tensor | None = None
+        self._projection: tuple[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor | None]] | None = None
         self._pending: dict[str, Any] | None = None
         self._momentum: torch.Tensor | None = None
         self._step = 0
@@ -100,6 +109,8 @@ class DenoiserHooks:
 
     # -- before the denoiser runs ----------------------------------------------------------------------
     def _pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if current_call() is not self.owner:
+            return None
         self._pending = None
         adapter = self.adapter
         if kwargs.get("skip_layers") is not None:  # SD3 skip-layer guidance: an extra call, left as it is
@@ -111,9 +122,11 @@ class DenoiserHooks:
         if not adapter.cfg_batched:
             # Flux with true CFG calls the transformer a second time on the negative prompt; steer only
             # the calls on the prompt's own embeddings (the first tensor seen in this call).
-            if self._cond_ptr is None:
-                self._cond_ptr = hidden.data_ptr()
-            elif hidden.data_ptr() != self._cond_ptr:
+            if self._cond is None:
+                self._cond = hidden
+            elif hidden is not self._cond and not (
+                hidden.shape == self._cond.shape and torch.equal(hidden, self._cond)
+            ):
                 return None
         rows = sample.shape[0]
         cfg = adapter.uses_cfg(self.pipe) and rows % 2 == 0
@@ -173,8 +186,10 @@ class DenoiserHooks:
     def _projected(
         self, hidden: torch.Tensor, pooled: torch.Tensor | None, offset: int, per_prompt: int, length: int
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        key = (hidden.data_ptr(), tuple(hidden.shape), None if pooled is None else pooled.data_ptr(), offset)
-        if key not in self._cache:
+        # The pipeline passes the same conditioning tensors at every step: project them once per call. The
+        # cache holds the tensors themselves, so an identity match cannot be a reused address.
+        cached = self._projection
+        if cached is None or cached[0][0] is not hidden or cached[0][1] is not pooled or cached[0][2] != offset:
             prompts = len(self.plan.flagged)
             firsts = [offset + j * per_prompt for j in range(prompts)]
             own = Encoded(hidden[firsts], None if pooled is None else pooled[firsts])
@@ -188,11 +203,13 @@ class DenoiserHooks:
                 new_hidden[rows] = encoded.tokens.to(new_hidden)
                 if new_pooled is not None and encoded.pooled is not None:
                     new_pooled[rows] = encoded.pooled.to(new_pooled)
-            self._cache[key] = (new_hidden, new_pooled)
-        return self._cache[key]
+            self._projection = ((hidden, pooled, offset), (new_hidden, new_pooled))
+        return self._projection[1]
 
     # -- after the denoiser ran ------------------------------------------------------------------------
     def _post(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> Any:
+        if current_call() is not self.owner:
+            return None
         pending, self._pending = self._pending, None
         if pending is None:
             return None
