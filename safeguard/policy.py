@@ -3,6 +3,9 @@
 A policy file maps every clause of a usage policy to a category (or lists it as out of scope with a reason).
 The default is the Stability AI Acceptable Use Policy, ``stability-aup-2025-07-31``.
 
+Every policy must carry a locked child-safety rule (:data:`CHILD_SAFETY_RULE`): loading one without it is a
+``ConfigError``, so no policy file can switch the rule off by leaving it out.
+
 Example:
     >>> import safeguard
     >>> policy = safeguard.load_policy()
@@ -12,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +25,9 @@ from safeguard._files import bundled, bundled_names, check_keys, read_yaml, stri
 from safeguard.errors import ConfigError
 
 __all__ = [
+    "CHILD_SAFETY_RULE",
     "DEFAULT_POLICY",
+    "AgeLexicon",
     "Category",
     "Clause",
     "Conjunction",
@@ -63,18 +69,50 @@ class Category:
     allow_phrases: tuple[str, ...] = ()
     locked: bool = False
     out_of_scope: str | None = None
+    #: Keywords in other languages, ``(language, keywords)`` pairs, matched like ``keywords``. Only the rule
+    #: stage reads them (``keywords`` stays the English seed list that calibration and steering use).
+    languages: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     @property
     def enforced(self) -> bool:
         return self.out_of_scope is None
+
+    @property
+    def all_keywords(self) -> tuple[str, ...]:
+        """``keywords`` and the keywords of every language."""
+        return (*self.keywords, *(k for _, words in self.languages for k in words))
+
+
+@dataclass(frozen=True)
+class AgeLexicon:
+    """How one language writes ages and school years, for a signal with ``age_below``.
+
+    ``numbers`` and ``ordinals`` are ``(word, value)`` pairs ("twelve" 12, "fifth" 5); digits always count as
+    numbers. ``ages`` are patterns where ``{n}`` is a number ("{n} year|years old", "{n}yo", "aged {n}");
+    ``grades`` are school-year patterns with ``{n}`` or ``{nth}`` ("{nth} grade|grader"). In a pattern, words
+    are separated by spaces and match words of the normalised prompt whatever separated them there ("12-year-old",
+    "12_year_old"); ``a|b`` is either word and a trailing ``*`` any ending. ``thing_words``, right after an age,
+    make it the age of a thing ("a 12 year old whisky"); an age that overlaps one of the ``allow_phrases``
+    (patterns like the others, "{n} years ago") is not an age.
+    """
+
+    language: str
+    numbers: tuple[tuple[str, int], ...] = ()
+    ordinals: tuple[tuple[str, int], ...] = ()
+    ages: tuple[str, ...] = ()
+    grades: tuple[str, ...] = ()
+    thing_words: tuple[str, ...] = ()
+    allow_phrases: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Signal:
     """A keyword group that is not prohibited alone but takes part in conjunctions (a minor, suggestive words).
 
-    ``include_categories`` adds those categories' keywords; ``age_below`` makes "N year old" with N below it
-    a match.
+    ``include_categories`` adds those categories' keywords (and their allow-phrases); ``languages`` adds keywords
+    in other languages; a keyword inside one of ``allow_phrases`` does not count ("kid gloves", "a minor key").
+    ``age_below`` makes a stated age below it a match, as the languages of ``ages`` write ages; ``grades_up_to``
+    does the same for the school years of their ``grades`` patterns, from 1 up to it.
     """
 
     id: str
@@ -82,6 +120,15 @@ class Signal:
     keywords: tuple[str, ...] = ()
     include_categories: tuple[str, ...] = ()
     age_below: int | None = None
+    languages: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    allow_phrases: tuple[str, ...] = ()
+    grades_up_to: int | None = None
+    ages: tuple[AgeLexicon, ...] = ()
+
+    @property
+    def all_keywords(self) -> tuple[str, ...]:
+        """``keywords`` and the keywords of every language."""
+        return (*self.keywords, *(k for _, words in self.languages for k in words))
 
 
 @dataclass(frozen=True)
@@ -191,7 +238,8 @@ def load_policy(policy: Policy | str | Path = DEFAULT_POLICY) -> Policy:
     """Load a policy from a bundled id or a YAML path; a ``Policy`` is returned as is.
 
     Raises:
-        ConfigError: unknown id, unreadable file, unknown key or inconsistent references.
+        ConfigError: unknown id, unreadable file, unknown key, inconsistent references, or no locked
+            child-safety rule (:data:`CHILD_SAFETY_RULE`).
 
     Example:
         >>> load_policy("stability-aup-2025-07-31").version
@@ -215,8 +263,13 @@ _POLICY_KEYS = (
 )  # fmt: skip
 _CATEGORY_KEYS = (
     "id", "name", "section", "clauses", "applies_to", "concepts", "keywords", "allow_phrases", "locked",
-    "out_of_scope",
+    "out_of_scope", "languages",
 )  # fmt: skip
+_SIGNAL_KEYS = (
+    "id", "name", "keywords", "include_categories", "age_below", "languages", "allow_phrases", "grades_up_to", "ages",
+)  # fmt: skip
+_AGE_LEXICON_KEYS = ("numbers", "ordinals", "ages", "grades", "thing_words", "allow_phrases")
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 
 def _parse_policy(data: dict[str, Any], path: Path) -> Policy:
@@ -247,7 +300,7 @@ def _parse_policy(data: dict[str, Any], path: Path) -> Policy:
     calibrations = string_list(data.get("encoder_calibrations") or [], f"{where}: encoder_calibrations")
     source = data.get("source") or {}
     check_keys(source, ("document", "effective", "url"), f"{where}: source")
-    return Policy(
+    policy = Policy(
         id=str(data["id"]),
         version=str(data["version"]),
         title=str(data["title"]),
@@ -259,6 +312,116 @@ def _parse_policy(data: dict[str, Any], path: Path) -> Policy:
         source={k: str(v) for k, v in source.items()},
         path=path,
     )
+    _require_child_safety_rule(policy)
+    return policy
+
+
+CHILD_SAFETY_RULE = (
+    "a policy needs a locked child-safety rule: a category with `locked: true` whose applies_to holds both prompt "
+    "and image, and a conjunction with `locked: true` that fires that category and whose all_of holds a signal "
+    "with age_below (a sign of a minor) and at least one other signal or category (sexual or suggestive "
+    "content), each with something to match (keywords, languages, include_categories or ages); see "
+    "child_sexual_exploitation and minor_with_sexual_content in stability-aup-2025-07-31.yaml"
+)
+
+
+def _matchable(policy: Policy, name: str) -> bool:
+    if name in policy:
+        return bool(policy[name].all_keywords)
+    signal = policy.signal(name)
+    return bool(signal.all_keywords or signal.include_categories or signal.ages)
+
+
+def _is_child_safety_rule(policy: Policy, rule: Conjunction) -> bool:
+    category = policy[rule.category]
+    if not (rule.locked and category.locked and {"prompt", "image"} <= set(category.applies_to)):
+        return False
+    signals = {s.id: s for s in policy.signals}
+    minors = [n for n in rule.all_of if n in signals and signals[n].age_below and signals[n].ages]
+    return bool(minors) and len(set(rule.all_of)) >= 2 and all(_matchable(policy, n) for n in rule.all_of)
+
+
+def _require_child_safety_rule(policy: Policy) -> None:
+    """Raise ConfigError unless the policy has the locked child-safety rule (:data:`CHILD_SAFETY_RULE`)."""
+    if not any(_is_child_safety_rule(policy, rule) for rule in policy.conjunctions):
+        raise ConfigError(f"{policy._where}: {CHILD_SAFETY_RULE}")
+
+
+def _language_lists(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``{language: [keywords]}`` as ``(language, keywords)`` pairs."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of language codes to keyword lists")
+    pairs = []
+    for language, words in value.items():
+        if not isinstance(language, str) or not language.strip():
+            raise ConfigError(f"{where}: language codes must be non-empty strings, got {language!r}")
+        pairs.append((language, string_list(words, f"{where}.{language}")))
+    return tuple(pairs)
+
+
+def _number_words(value: Any, where: str, *, stems: bool) -> tuple[tuple[str, int], ...]:
+    """``{value: word | [words]}`` as ``(word, value)`` pairs; ``stems`` allows a trailing ``*``."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of numbers to words")
+    pairs = []
+    for number, words in value.items():
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise ConfigError(f"{where}: keys must be non-negative integers, got {number!r}")
+        for word in string_list([words] if isinstance(words, str) else words, f"{where}.{number}"):
+            star = word.find("*")
+            if star >= 0 and not (stems and star == len(word) - 1):
+                allowed = "only as the last character" if stems else "not at all (list each form)"
+                raise ConfigError(f"{where}.{number}: {word!r}: '*' is allowed {allowed}")
+            pairs.append((word, number))
+    return tuple(pairs)
+
+
+def _patterns(value: Any, where: str, allowed: tuple[str, ...], count: tuple[int, int]) -> tuple[str, ...]:
+    """Age or grade patterns: ``count`` is how many words may hold a placeholder (one per alternative)."""
+    patterns = string_list(value, where)
+    wanted = " or ".join(allowed)
+    need = f"exactly one of {wanted}" if count == (1, 1) else f"at most one of {wanted}"
+    for pattern in patterns:
+        with_placeholder = 0
+        for word in pattern.split():
+            found = [_PLACEHOLDER.findall(a) for a in word.split("|")]
+            unknown = sorted({p for f in found for p in f if p not in allowed})
+            if unknown or word.count("{") != sum(len(f) for f in found) or any(len(f) > 1 for f in found):
+                raise ConfigError(f"{where}: {pattern!r} needs {need}")
+            if any(found) and not all(found):
+                raise ConfigError(f"{where}: {pattern!r}: in {word!r} every alternative needs the placeholder")
+            with_placeholder += bool(any(found))
+        if not count[0] <= with_placeholder <= count[1]:
+            raise ConfigError(f"{where}: {pattern!r} needs {need}")
+    return patterns
+
+
+def _parse_age_lexicons(value: Any, where: str) -> tuple[AgeLexicon, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not value:
+        raise ConfigError(f"{where}: expected a non-empty mapping of language codes to age lexicons")
+    lexicons = []
+    for language, spec in value.items():
+        at = f"{where}.{language}"
+        check_keys(spec, _AGE_LEXICON_KEYS, at)
+        lexicon = AgeLexicon(
+            language=str(language),
+            numbers=_number_words(spec.get("numbers"), f"{at}.numbers", stems=False),
+            ordinals=_number_words(spec.get("ordinals"), f"{at}.ordinals", stems=True),
+            ages=_patterns(spec.get("ages"), f"{at}.ages", ("{n}",), (1, 1)),
+            grades=_patterns(spec.get("grades"), f"{at}.grades", ("{n}", "{nth}"), (1, 1)),
+            thing_words=string_list(spec.get("thing_words"), f"{at}.thing_words"),
+            allow_phrases=_patterns(spec.get("allow_phrases"), f"{at}.allow_phrases", ("{n}", "{nth}"), (0, 1)),
+        )
+        if not (lexicon.ages or lexicon.grades):
+            raise ConfigError(f"{at}: an age lexicon needs ages or grades patterns")
+        lexicons.append(lexicon)
+    return tuple(lexicons)
 
 
 def _parse_category(data: Any, where: str) -> Category:
@@ -288,20 +451,34 @@ def _parse_category(data: Any, where: str) -> Category:
         allow_phrases=string_list(data.get("allow_phrases"), f"{where}: allow_phrases"),
         locked=bool(data.get("locked", False)),
         out_of_scope=str(out_of_scope).strip() if out_of_scope else None,
+        languages=_language_lists(data.get("languages"), f"{where}: languages"),
     )
 
 
 def _parse_signal(data: Any, where: str) -> Signal:
-    check_keys(data, ("id", "name", "keywords", "include_categories", "age_below"), where, required=("id", "name"))
-    age_below = data.get("age_below")
-    if age_below is not None and (not isinstance(age_below, int) or age_below <= 0):
-        raise ConfigError(f"{where}: age_below must be a positive integer")
+    check_keys(data, _SIGNAL_KEYS, where, required=("id", "name"))
+    where = f"{where} ({data['id']})"
+    for key in ("age_below", "grades_up_to"):
+        number = data.get(key)
+        if number is not None and (not isinstance(number, int) or isinstance(number, bool) or number <= 0):
+            raise ConfigError(f"{where}: {key} must be a positive integer")
+    ages = _parse_age_lexicons(data.get("ages"), f"{where}: ages")
+    if data.get("age_below") is not None and not ages:
+        raise ConfigError(f"{where}: age_below needs `ages`, the patterns that state an age (e.g. '{{n}} year old')")
+    if ages and data.get("age_below") is None:
+        raise ConfigError(f"{where}: ages needs age_below, the age under which a stated age is a match")
+    if any(lexicon.grades for lexicon in ages) and data.get("grades_up_to") is None:
+        raise ConfigError(f"{where}: grades patterns need grades_up_to, the last school year that counts")
     return Signal(
         id=str(data["id"]),
         name=str(data["name"]),
         keywords=string_list(data.get("keywords"), f"{where}: keywords"),
         include_categories=string_list(data.get("include_categories"), f"{where}: include_categories"),
-        age_below=age_below,
+        age_below=data.get("age_below"),
+        languages=_language_lists(data.get("languages"), f"{where}: languages"),
+        allow_phrases=string_list(data.get("allow_phrases"), f"{where}: allow_phrases"),
+        grades_up_to=data.get("grades_up_to"),
+        ages=ages,
     )
 
 

@@ -140,3 +140,117 @@ def test_image_model_brings_its_own_neutral_concepts_and_templates(tmp_path):
         (tmp_path / "policy.yaml").write_text(yaml.safe_dump(broken), encoding="utf-8")
         with pytest.raises(ConfigError, match=message):
             load_policy(tmp_path / "policy.yaml")
+
+
+REQUIRED_LANGUAGES = {"fr", "de", "es", "pt", "it", "nl", "ru", "pl", "tr", "zh", "ja", "ko", "ar"}
+
+
+def _write(tmp_path, data, name="policy.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def _category(data, category_id):
+    return next(c for c in data["categories"] if c["id"] == category_id)
+
+
+def _signal(data, signal_id):
+    return next(s for s in data["signals"] if s["id"] == signal_id)
+
+
+def _drop_locked_category(data):
+    del _category(data, "child_sexual_exploitation")["locked"]
+
+
+def _prompt_only(data):
+    _category(data, "child_sexual_exploitation")["applies_to"] = ["prompt"]
+
+
+def _unlocked_conjunction(data):
+    data["conjunctions"][0]["locked"] = False
+
+
+def _no_minor_signal(data):
+    data["conjunctions"][0]["all_of"] = ["real_person", "sexualised"]
+
+
+def _no_conjunction(data):
+    data["conjunctions"] = data["conjunctions"][1:]
+
+
+def _minor_signal_without_ages(data):
+    minor = _signal(data, "minor")
+    for key in ("age_below", "ages", "grades_up_to"):
+        del minor[key]
+
+
+@pytest.mark.parametrize(
+    "change", [_drop_locked_category, _prompt_only, _unlocked_conjunction, _no_minor_signal, _no_conjunction,
+               _minor_signal_without_ages],
+)  # fmt: skip
+def test_a_policy_without_the_locked_child_safety_rule_is_a_config_error(tmp_path, change):
+    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    change(data)
+    with pytest.raises(ConfigError, match=r"policy\.yaml: a policy needs a locked child-safety rule: a category"):
+        load_policy(_write(tmp_path, data))
+
+
+def test_the_toy_world_policy_has_its_own_locked_child_safety_rule():
+    from safeguard.testing.toy import POLICY_PATH
+
+    toy = load_policy(POLICY_PATH)
+    assert toy.locked_categories == ("child_safety",)
+    rule = next(r for r in toy.conjunctions if r.locked)
+    assert rule.category == "child_safety" and set(rule.all_of) == {"minor", "sexualised"}
+    assert {"prompt", "image"} <= set(toy["child_safety"].applies_to)
+    assert not toy["child_safety"].concepts  # the toy CLIP and encoder know only coloured shapes
+
+
+def test_the_locked_rule_lexicon_covers_the_required_languages():
+    policy = load_policy()
+    minor, sexualised = policy.signal("minor"), policy.signal("sexualised")
+    assert {language for language, _ in minor.languages} >= REQUIRED_LANGUAGES
+    assert {language for language, _ in sexualised.languages} >= REQUIRED_LANGUAGES
+    ages = {lexicon.language: lexicon for lexicon in minor.ages}
+    assert REQUIRED_LANGUAGES | {"en"} <= set(ages)
+    for language, lexicon in ages.items():
+        assert lexicon.ages and lexicon.grades, f"{language}: ages and school years"
+        assert {v for _, v in lexicon.numbers} >= set(range(1, 18)), f"{language}: number words 1-17"
+    assert minor.age_below == 18 and minor.grades_up_to == 13
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["ages"]["en"].update(agez=["{n} yo"]), r"ages\.en: unknown key 'agez'"),
+        (lambda m: m["ages"]["en"]["numbers"].update({12: "twel*"}), r"numbers\.12: 'twel\*': '\*' is allowed not"),
+        (lambda m: m["ages"]["en"]["numbers"].update({"twelve": 12}), r"keys must be non-negative integers"),
+        (lambda m: m["ages"]["en"]["ages"].append("years old"), r"'years old' needs exactly one of \{n\}"),
+        (lambda m: m["ages"]["en"]["ages"].append("{nth} year old"), r"needs exactly one of \{n\}"),
+        (lambda m: m["ages"]["en"]["ages"].append("{n}yo|yo"), r"every alternative needs the placeholder"),
+        (lambda m: m["ages"]["en"]["grades"].append("{n} {nth} grade"), r"needs exactly one of \{n\} or \{nth\}"),
+        (lambda m: m["ages"]["en"].update(ages=[], grades=[]), r"needs ages or grades patterns"),
+        (lambda m: m.pop("grades_up_to"), r"grades patterns need grades_up_to"),
+        (lambda m: m.pop("age_below"), r"ages needs age_below"),
+        (lambda m: m.update(languages=["fr"]), r"languages: expected a mapping of language codes"),
+        (lambda m: m["languages"].update(fr="enfant"), r"languages\.fr: expected a list of non-empty strings"),
+        (lambda m: m.update(allow_phrases="kid gloves"), r"allow_phrases: expected a list"),
+        (lambda m: m.update(grades_up_to=0), r"grades_up_to must be a positive integer"),
+    ],
+)
+def test_bad_lexicon_entries_are_config_errors(tmp_path, change, message):
+    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    change(_signal(data, "minor"))
+    with pytest.raises(ConfigError, match=message):
+        load_policy(_write(tmp_path, data))
+
+
+def test_category_languages_are_checked_and_kept_apart_from_keywords(tmp_path):
+    policy = load_policy()
+    csam = policy["child_sexual_exploitation"]
+    assert "csam" in csam.keywords and "kinderporn*" in csam.all_keywords and "kinderporn*" not in csam.keywords
+    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    _category(data, "child_sexual_exploitation")["languages"] = {"de": "kinderporn*"}
+    with pytest.raises(ConfigError, match=r"child_sexual_exploitation\): languages\.de: expected a list"):
+        load_policy(_write(tmp_path, data))
