@@ -535,7 +535,8 @@ def _find_preset(preset: Any) -> tuple[str, Path]:
         raise ConfigError(f"preset must be a name or a path, not {type(preset).__name__}")
     path = Path(preset)
     if path.suffix in (".yaml", ".yml"):
-        return path.stem, path
+        # Named by its path, so that a file called strict.yaml never reports itself as the bundled strict.
+        return str(path), path
     found = bundled("presets", str(preset))
     if found is None:
         raise ConfigError(f"unknown preset {str(preset)!r}; bundled: {', '.join(available_presets())}")

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from safeguard.config import Settings, resolve_settings
-from safeguard.errors import ImageBlocked, InputError
+from safeguard.errors import ConfigError, ImageBlocked, InputError
 from safeguard.policy import DEFAULT_POLICY, Policy, load_policy
 from safeguard.redact import redact
 from safeguard.stages.base import ImageStage, PromptStage, SteeringStage
@@ -48,6 +48,7 @@ class Guard:
     def __init__(self, policy: Policy, settings: Settings) -> None:
         self.policy = policy
         self.settings = settings
+        _refuse_replacing_a_locked_image_model(policy, settings)
         self.prompt_stages: tuple[PromptStage, ...] = build_prompt_stages(policy, settings)
         self.steering_stage: SteeringStage | None = build_steering_stage(policy, settings)
         self.image_stages: tuple[ImageStage, ...]
@@ -248,6 +249,24 @@ class Guard:
                 [finding], {}, policy_id=self.policy.id, policy_version=self.policy.version, stages=(stage_kind,)
             )
             return [failed] * count
+
+
+def _refuse_replacing_a_locked_image_model(policy: Policy, settings: Settings) -> None:
+    """Where a preset locks its backends, weights given for the policy's own image model may not replace it.
+
+    Weights for a backend the policy names no model for add a checker, which is stricter; weights that take
+    the place of the policy's own model change what every image score means, which no lock can bound.
+    """
+    model = policy.image_model
+    if "output.backends" not in settings.locks or model is None:
+        return
+    given = {"clip": settings.output.clip.weights, "openclip": settings.output.openclip.weights}.get(model.backend)
+    if given is not None:
+        raise ConfigError(
+            f"preset {settings.preset!r} locks output.backends, and policy {policy.id!r} names its own "
+            f"{model.backend} image model ({model.path}); image_model= or output.{model.backend}.weights would "
+            "replace it. Give other weights in a policy or preset of your own"
+        )
 
 
 class StageTimeout(RuntimeError):

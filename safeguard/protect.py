@@ -149,16 +149,12 @@ class ProtectedPipeline:
     def _check_prompts(self, arguments: dict[str, Any]) -> list[Verdict]:
         guard = self._guard
         prompt = arguments.get("prompt")
+        if not guard.settings.accept_prompt_embeds:
+            _refuse_embeds(arguments, guard.settings.preset)
         if prompt is None:
             embeds = arguments.get("prompt_embeds")
             if embeds is None:
                 raise InputError("give a prompt or prompt_embeds")
-            if not guard.settings.accept_prompt_embeds:
-                raise ConfigError(
-                    f"preset {guard.settings.preset!r} requires prompt text (accept_prompt_embeds is false); "
-                    "prompt_embeds alone cannot be checked by the prompt stage. A user config file or dict may "
-                    "set accept_prompt_embeds: true where the preset does not lock it"
-                )
             if not guard.image_stages:
                 # Without text, the locked child-safety rule can only run on the images.
                 raise ConfigError(
@@ -218,7 +214,7 @@ class _OutputCheck:
         self.checked: list[_Checked] = []
         # Decoded batches already checked in this call, with their verdicts: diffusers' own safety checker
         # post-processes the same batch twice, and a batch whose pixels did not change needs no second check.
-        self._seen: list[tuple[torch.Tensor, list[Verdict]]] = []
+        self._seen: list[tuple[torch.Tensor, list[bool], list[Verdict]]] = []
 
     @contextmanager
     def intercepting(self, processor: Any) -> Iterator[None]:
@@ -236,7 +232,7 @@ class _OutputCheck:
             yield
         finally:
             if previous is None:
-                del processor.postprocess
+                processor.__dict__.pop("postprocess", None)  # a callback may have removed it already
             else:
                 processor.postprocess = previous
 
@@ -247,10 +243,11 @@ class _OutputCheck:
         denormalize = kwargs.get("do_denormalize", args[1] if len(args) > 1 else None)
         if denormalize is None:
             denormalize = [bool(processor.config.do_normalize)] * image.shape[0]
+        finite = torch.isfinite(image.flatten(1)).all(dim=1).tolist()
         unit = torch.stack(
             [(x / 2 + 0.5).clamp(0, 1) if d else x.clamp(0, 1) for x, d in zip(image, denormalize, strict=True)]
         )
-        verdicts = self._verdicts(unit)
+        verdicts = self._verdicts(unit, finite)
         redacted, withheld = self.guard.apply_redaction(torch.nan_to_num(unit, nan=0.0), verdicts)
         changed = image.clone()
         for i, verdict in enumerate(verdicts):
@@ -258,20 +255,23 @@ class _OutputCheck:
             if i in withheld or (verdict.blocked and not flag_only):
                 changed[i] = redacted[i] * 2 - 1 if denormalize[i] else redacted[i]
         output = original(changed, *args, **kwargs)
-        self.checked.append(_Checked(output, _snapshot(output), verdicts, set(withheld)))
+        # Only diffusers' own conversion is trusted to return what was checked: a processor subclass or a
+        # patched method could change the pixels after the check, so its output is checked again on the way out.
+        if _from_diffusers(original):
+            self.checked.append(_Checked(output, _snapshot(output), verdicts, set(withheld)))
         return output
 
-    def _verdicts(self, unit: torch.Tensor) -> list[Verdict]:
-        for seen, verdicts in self._seen:
-            if seen.shape == unit.shape and torch.equal(seen, unit):
+    def _verdicts(self, unit: torch.Tensor, finite: list[bool]) -> list[Verdict]:
+        """Verdicts of a ``[0, 1]`` batch; ``finite`` says per image whether the decoded values were all finite."""
+        for seen, seen_finite, verdicts in self._seen:
+            if seen.shape == unit.shape and seen_finite == finite and torch.equal(seen, unit):
                 return verdicts
-        finite = torch.isfinite(unit.flatten(1)).all(dim=1).tolist()
         verdicts = self.guard.check_images(torch.nan_to_num(unit, nan=0.0, posinf=1.0, neginf=0.0))
         verdicts = [
             v if ok else Verdict.combine([v, self._failure("decoded image has non-finite values")])
             for v, ok in zip(verdicts, finite, strict=True)
         ]
-        self._seen.append((unit.clone(), verdicts))
+        self._seen.append((unit.clone(), finite, verdicts))
         return verdicts
 
     def _failure(self, detail: str) -> Verdict:
@@ -351,6 +351,11 @@ class _OutputCheck:
         return Verdict.allow(policy.id, policy.version, ("output-returned",))
 
 
+def _from_diffusers(method: Any) -> bool:
+    function = getattr(method, "__func__", method)
+    return getattr(function, "__module__", "").startswith("diffusers.")
+
+
 def _snapshot(output: Any) -> list[np.ndarray] | np.ndarray | torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output.detach().clone()
@@ -368,7 +373,7 @@ def _positions(images: Any, record: _Checked) -> list[tuple[int, int]]:
     if isinstance(images, np.ndarray):
         same = images is output and np.array_equal(images, snapshot)  # type: ignore[arg-type]
         return [(i, i) for i in range(images.shape[0])] if same else []
-    if not isinstance(images, list) or not isinstance(output, list):
+    if not isinstance(images, list | tuple) or not isinstance(output, list):
         return []
     where = {id(item): j for j, item in enumerate(output)}  # ids of objects the record keeps alive
     pairs = []
@@ -384,14 +389,18 @@ def _count(images: Any) -> int:
 
 
 def _withhold(images: Any, withheld: set[int]) -> Any:
-    """``images`` with the withheld ones removed: None in a list, all zeros in an array or tensor."""
+    """``images`` with the withheld ones removed: None in a list, all zeros in an array or tensor; any other
+    container is replaced by a list of None."""
     if not withheld:
         return images
-    if isinstance(images, list):
+    if isinstance(images, list | tuple):
         return [None if i in withheld else image for i, image in enumerate(images)]
-    for i in withheld:
-        images[i] = 0
-    return images
+    if isinstance(images, np.ndarray | torch.Tensor):
+        for i in withheld:
+            images[i] = 0
+        return images
+    # Any other container cannot be edited safely: none of it is returned.
+    return [None] * _count(images)
 
 
 def _tuple_item(result: Any, index: int) -> Any:
@@ -403,6 +412,20 @@ def _as_flags(nsfw: Any, count: int) -> list[bool] | None:
     if not isinstance(nsfw, list) or len(nsfw) != count:
         return None
     return [bool(flag) for flag in nsfw]
+
+
+def _refuse_embeds(arguments: dict[str, Any], preset: str) -> None:
+    """Conditioning given as tensors (``pooled_prompt_embeds`` next to text, ``ip_adapter_image_embeds``, or
+    embeddings a step callback may replace) reaches the denoiser unread by the text rules."""
+    given = sorted(name for name, value in arguments.items() if name.endswith("_embeds") and value is not None)
+    swapped = sorted(n for n in arguments.get("callback_on_step_end_tensor_inputs") or () if "embeds" in str(n))
+    if given or swapped:
+        what = ", ".join([*given, *(f"callback_on_step_end_tensor_inputs={n!r}" for n in swapped)])
+        raise ConfigError(
+            f"preset {preset!r} requires prompt text (accept_prompt_embeds is false); {what} would condition the "
+            "denoiser on tensors the prompt stage cannot read. A user config file or dict may set "
+            "accept_prompt_embeds: true where the preset does not lock it"
+        )
 
 
 def _call_signature(pipeline: Any) -> inspect.Signature:

@@ -247,7 +247,9 @@ def test_a_preset_file_declares_its_locks(tmp_path):
     preset = tmp_path / "host.yaml"
     preset.write_text("locks: [steering.strength]\nsteering: {enabled: true, strength: strong}\n", encoding="utf-8")
     assert resolve_settings(preset, steering="max").steering.strength == "max"
-    with pytest.raises(ConfigError, match=r"steering='medium' weakens what preset 'host' locks: steering\.strength"):
+    with pytest.raises(
+        ConfigError, match=r"steering='medium' weakens what preset '[^']*host\.yaml' locks: steering\.strength"
+    ):
         resolve_settings(preset, steering="medium")
     assert not resolve_settings(preset, steering=False).steering.enabled  # only the strength is locked here
 
@@ -362,3 +364,10 @@ def test_only_balanced_steers_the_steer_band():
     assert balanced.enabled and balanced.strength == "weak"
     for name in ("strict", "research"):
         assert not resolve_settings(name).steering.enabled, name
+
+
+def test_a_preset_file_is_named_by_its_path_not_by_a_bundled_name(tmp_path):
+    fake = tmp_path / "strict.yaml"
+    fake.write_text("prompt: {enabled: false}\noutput: {redaction: flag}\n", encoding="utf-8")
+    settings = resolve_settings(fake)
+    assert settings.preset == str(fake) and not settings.locks

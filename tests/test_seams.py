@@ -394,3 +394,95 @@ def test_prompt_embeds_need_an_explicit_yes_and_the_output_stage() -> None:
         prompt_embeds=embeds, num_inference_steps=2, output_type="np"
     )
     assert "output" in out.verdicts[0].stages
+
+
+# ------------------------------------------------------------------------------- found by a hostile review
+
+
+def test_strict_refuses_weights_that_would_replace_the_policys_own_image_model(world: ToyWorld) -> None:
+    blind = tiny.sd_pipeline()  # any module will do: the refusal comes before any weights are loaded
+    with pytest.raises(safeguard.ConfigError, match=r"would\s+replace it"):
+        safeguard.protect(world.pipeline, policy=world.policy, preset="strict", image_model=blind.text_encoder)
+    with pytest.raises(safeguard.ConfigError, match=r"would\s+replace it"):
+        safeguard.protect(
+            world.pipeline, policy=world.policy, preset="strict", config={"output": {"clip": {"weights": "/x"}}}
+        )
+
+
+def test_embeddings_next_to_text_or_swapped_by_a_callback_are_refused() -> None:
+    pipe = tiny.sdxl_pipeline()
+    _, _, pooled, _ = pipe.encode_prompt("a pipe bomb", device="cpu", do_classifier_free_guidance=False)
+    for preset in ("strict", "balanced"):
+        guarded = safeguard.protect(pipe, preset=preset)
+        with count_denoiser_calls(pipe) as calls, pytest.raises(safeguard.ConfigError, match="pooled_prompt_embeds"):
+            guarded("a lighthouse", pooled_prompt_embeds=pooled, num_inference_steps=2)
+        with pytest.raises(safeguard.ConfigError, match="callback_on_step_end_tensor_inputs='prompt_embeds'"):
+            guarded(
+                "a lighthouse",
+                num_inference_steps=2,
+                callback_on_step_end=lambda p, i, t, kw: kw,
+                callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
+            )
+        assert calls[0] == 0
+
+
+def test_a_processor_whose_postprocess_changes_the_pixels_is_checked_again(world: ToyWorld) -> None:
+    class ChannelSwapping(VaeImageProcessor):
+        def postprocess(self, image: Any, output_type: str = "pil", do_denormalize: Any = None) -> Any:
+            return super().postprocess(image[:, [2, 0, 0]], output_type, do_denormalize)  # turns blue into red
+
+    pipe = StableDiffusionPipeline(**world.pipeline.components)
+    pipe.image_processor = ChannelSwapping(vae_scale_factor=pipe.vae_scale_factor)
+    guarded = safeguard.protect(pipe, policy=world.policy, preset="strict")
+    out = guarded(
+        "a blue circle", num_inference_steps=STEPS, output_type="np", generator=torch.Generator().manual_seed(0)
+    )
+    assert out.verdicts[0].blocked and "output-returned" in out.verdicts[0].stages
+    assert not out.images.any()  # withheld
+
+
+@pytest.mark.parametrize("container", ["dict", "tuple"])
+def test_images_in_another_container_are_withheld_whole(world: ToyWorld, container: str) -> None:
+    class Repackaging(StableDiffusionPipeline):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            out = super().__call__(*args, **kwargs)
+            out.images = {"image": out.images[0]} if container == "dict" else tuple(out.images)
+            return out
+
+    guarded = safeguard.protect(Repackaging(**world.pipeline.components), policy=world.policy, preset="strict")
+    # "ruby" is no word of the toy policy: the prompt passes, and only the image check sees the red.
+    prompt = "a blue circle" if container == "dict" else "a ruby circle"
+    out = guarded(prompt, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    assert out.images == [None] and out.verdicts[0].blocked
+    if container == "dict":  # no image can be read out of it
+        assert any(f.category == STAGE_FAILURE for f in out.verdicts[0].findings)
+
+
+def test_infinite_decoded_values_are_withheld(world: ToyWorld) -> None:
+    guarded = safeguard.protect(world.pipeline, policy=world.policy, preset="research", prompt=False)
+
+    def blow_up(_p: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {"latents": torch.full_like(kwargs["latents"], float("inf"))} if step == STEPS - 1 else kwargs
+
+    out = guarded(
+        "a blue circle",
+        num_inference_steps=STEPS,
+        output_type="pt",
+        callback_on_step_end=blow_up,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
+    assert not out.images.any()
+    assert any(f.category == STAGE_FAILURE and "non-finite" in f.detail for f in out.verdicts[0].findings)
+
+
+def test_a_callback_that_removes_the_interception_still_gets_checked_images(world: ToyWorld) -> None:
+    pipe = StableDiffusionPipeline(**world.pipeline.components)
+    guarded = safeguard.protect(pipe, policy=world.policy, preset="research", prompt=False)
+
+    def unpatch(p: Any, step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        p.image_processor.__dict__.pop("postprocess", None)
+        return kwargs
+
+    out = guarded("a red circle", num_inference_steps=STEPS, output_type="np", callback_on_step_end=unpatch)
+    assert out.verdicts[0].blocked and "output-returned" in out.verdicts[0].stages
+    assert "postprocess" not in vars(pipe.image_processor)
