@@ -54,7 +54,7 @@ import unicodedata
 from dataclasses import dataclass
 from functools import lru_cache
 
-__all__ = ["BENIGN_CHANGES", "NormalizedText", "normalize"]
+__all__ = ["BENIGN_CHANGES", "NormalizedText", "latin_skeleton", "light_fold", "normalize"]
 
 #: Change names that ordinary, non-evasive prompts trigger (capitals, line breaks, "café", "…").
 BENIGN_CHANGES = frozenset({"case", "whitespace", "compatibility", "accents"})
@@ -595,3 +595,28 @@ def normalize(text: str) -> NormalizedText:
         variants=variants,
         changes=tuple(name for flag, name in _CHANGE_NAMES if flags & flag),
     )
+
+
+def latin_skeleton(text: str) -> str:
+    """Every Cyrillic, Greek and Armenian look-alike letter read as its Latin twin, whatever the word.
+
+    Example:
+        >>> latin_skeleton("порно")
+        'nopho'
+    """
+    return text.translate(_SCRIPT_TABLE)
+
+
+def light_fold(text: str) -> str:
+    """Step 1 of normalisation (compatibility forms, accents, invisible characters), case and look-alikes,
+    without leetspeak or spacing repairs (which read digits and CJK text wrongly).
+
+    Example:
+        >>> light_fold("Ｃafé 13歳")
+        'cafe 13歳'
+    """
+    folded, _ = _fold_characters(text)
+    folded = folded.casefold()
+    if not folded.isascii():
+        folded = latin_skeleton(unicodedata.normalize("NFC", folded))
+    return folded

@@ -42,7 +42,7 @@ from safeguard.config import PromptSettings
 
 # Step 1 of normalisation and its look-alike table, reused so that the light fold and the look-alike
 # reading agree with normalize() character for character.
-from safeguard.normalize import _SCRIPT_TABLE, _fold_characters, normalize
+from safeguard.normalize import latin_skeleton, light_fold, normalize
 from safeguard.policy import AgeLexicon, Policy, Signal
 from safeguard.verdict import Action, Finding, Verdict
 
@@ -131,20 +131,6 @@ _ARABIC_CLITICS = re.compile(r"[وف]?(?:بال|كال|فال|وال|لل|ال|�
 _MIN_ARABIC_STEM = 3
 
 
-def _skeleton(text: str) -> str:
-    """Every Cyrillic, Greek and Armenian look-alike letter read as its Latin twin, whatever the word."""
-    return text.translate(_SCRIPT_TABLE)
-
-
-def _light_fold(text: str) -> str:
-    """Step 1 of normalisation (compatibility forms, accents, invisible characters), case and look-alikes."""
-    folded, _ = _fold_characters(text)
-    folded = folded.casefold()
-    if not folded.isascii():
-        folded = _skeleton(unicodedata.normalize("NFC", folded))
-    return folded
-
-
 def _unspaced_fold(text: str) -> str:
     """Text for substring matching in Chinese and Japanese: NFKC, case folded, without spaces or invisibles."""
     text = unicodedata.normalize("NFKC", text).casefold()
@@ -153,7 +139,7 @@ def _unspaced_fold(text: str) -> str:
 
 def _fold_words(text: str) -> list[str]:
     """The words a matcher sees for ``text`` (normalised, look-alikes read as Latin)."""
-    return _TOKEN.findall(_skeleton(normalize(text).text))
+    return _TOKEN.findall(latin_skeleton(normalize(text).text))
 
 
 @lru_cache(maxsize=1 << 14)
@@ -546,8 +532,8 @@ class KeywordPromptStage:
         normalized = normalize(prompt)
         hits: dict[str, list[str]] = defaultdict(list)
         signals: set[str] = set()
-        texts = dict.fromkeys((normalized.text, *normalized.variants, _light_fold(prompt)))
-        forms = [list(f) for f in dict.fromkeys(tuple(_TOKEN.findall(_skeleton(text))) for text in texts)]
+        texts = dict.fromkeys((normalized.text, *normalized.variants, light_fold(prompt)))
+        forms = [list(f) for f in dict.fromkeys(tuple(_TOKEN.findall(latin_skeleton(text))) for text in texts)]
         for tokens in [*forms, *(self._without_clitics(forms) if _ARABIC_TOKEN.search(prompt) else ())]:
             matches = self._matcher.find([stem(w) for w in tokens]) + self._exact.find(tokens)
             self._collect(matches, hits, signals)
@@ -556,7 +542,7 @@ class KeywordPromptStage:
         if self._ages:
             # Prompts scraped from generators often space out the digits of a number ("a 2 5 year old man").
             age_forms = (
-                [_TOKEN.findall(_SPACED_DIGITS.sub(r"\1", _skeleton(t))) for t in texts]
+                [_TOKEN.findall(_SPACED_DIGITS.sub(r"\1", latin_skeleton(t))) for t in texts]
                 if _DIGIT.search(prompt)
                 else forms
             )
