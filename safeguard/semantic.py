@@ -31,6 +31,7 @@ import importlib.resources
 import os
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,16 @@ from safeguard.errors import ConfigError
 if TYPE_CHECKING:
     import onnxruntime
 
-__all__ = ["MiniLMEncoder", "OnnxMiniLMEncoder", "StaticMiniLMEncoder", "cache_dir", "model_dir", "student_model"]
+__all__ = [
+    "MiniLMEncoder",
+    "OnnxMiniLMEncoder",
+    "StaticMiniLMEncoder",
+    "Tokens",
+    "cache_dir",
+    "model_dir",
+    "student_model",
+    "tokenize",
+]
 
 DIMENSION = 384
 #: Name of the ONNX export recipe; change it whenever :func:`_build_onnx` changes what the graph computes.
@@ -67,6 +77,36 @@ def _tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(model_dir()))
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """A text's MiniLM word pieces, without special tokens, and where each one sits in the text.
+
+    ``starts[i]:ends[i]`` is the character span of ``ids[i]``; a token whose start lies past the previous
+    token's end follows whitespace, so it begins a new word.
+    """
+
+    ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+
+def tokenize(texts: Sequence[str]) -> list[Tokens]:
+    """The untruncated word pieces of each text, with their character spans.
+
+    Example:
+        >>> tokens = tokenize(["a red bicycle, 8k"])[0]
+        >>> len(tokens.ids), tokens.starts.tolist()[:3]
+        (6, [0, 2, 6])
+    """
+    # verbose=False: sequences longer than the model reads are expected here, and cut into spans before it runs.
+    encoded = _tokenizer()(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    out = []
+    for ids, offsets in zip(encoded["input_ids"], encoded["offset_mapping"], strict=True):
+        spans = np.asarray(offsets, np.int64).reshape(-1, 2)
+        out.append(Tokens(np.asarray(ids, np.int64), spans[:, 0], spans[:, 1]))
+    return out
 
 
 class MiniLMEncoder:
@@ -192,10 +232,19 @@ class OnnxMiniLMEncoder:
 
     def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
         """Embeddings of ``texts`` as a float32 array of shape ``(len(texts), 384)``."""
+        return self.encode_tokens([tokens.ids for tokens in tokenize(texts)], batch_size)
+
+    def encode_tokens(self, token_ids: Sequence[Sequence[int]], batch_size: int = 16) -> np.ndarray:
+        """Embeddings of texts given as word-piece ids without special tokens (see :func:`tokenize`).
+
+        Each sequence keeps its first ``max_tokens - 2`` ids, between ``[CLS]`` and ``[SEP]``, which is what
+        :meth:`encode` reads of a text.
+        """
         tokenizer = _tokenizer()
-        out = np.zeros((len(texts), DIMENSION), np.float32)
-        ids = tokenizer(list(texts), truncation=True, max_length=self.max_tokens)["input_ids"]
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))  # similar token counts pad less
+        keep = self.max_tokens - 2
+        ids = [[tokenizer.cls_token_id, *list(seq[:keep]), tokenizer.sep_token_id] for seq in token_ids]
+        out = np.zeros((len(ids), DIMENSION), np.float32)
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar token counts pad less
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             width = len(ids[index[-1]])

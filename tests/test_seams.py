@@ -483,6 +483,13 @@ def test_a_callback_that_removes_the_interception_still_gets_checked_images(worl
         p.image_processor.__dict__.pop("postprocess", None)
         return kwargs
 
-    out = guarded("a red circle", num_inference_steps=STEPS, output_type="np", callback_on_step_end=unpatch)
+    out = guarded(
+        "a red circle",
+        num_inference_steps=STEPS,
+        output_type="np",
+        generator=torch.Generator().manual_seed(1),
+        callback_on_step_end=unpatch,
+    )
+    assert dominant_colour(out.images[0]) == "red"
     assert out.verdicts[0].blocked and "output-returned" in out.verdicts[0].stages
     assert "postprocess" not in vars(pipe.image_processor)

@@ -54,7 +54,7 @@ def test_benign_prompts_are_settled_without_the_full_model(stage, monkeypatch):
     def refuse(*_args, **_kwargs):
         raise AssertionError("the full model ran for a prompt the static pass should settle")
 
-    monkeypatch.setattr(OnnxMiniLMEncoder, "encode", refuse)
+    monkeypatch.setattr(OnnxMiniLMEncoder, "encode_tokens", refuse)  # what encode() runs too
     verdicts = stage.check(["a watercolor painting of a lighthouse at dawn", "a red bicycle leaning on a wall"])
     assert not any(v.flagged for v in verdicts)
 
