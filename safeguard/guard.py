@@ -236,18 +236,7 @@ class Guard:
         except InputError:
             raise
         except Exception as err:
-            finding = Finding(
-                STAGE_FAILURE,
-                score=1.0,
-                threshold=1.0,
-                stage=stage_kind,
-                action=Action.BLOCK,
-                source=stage.name,
-                detail=f"{type(err).__name__}: {err}",
-            )
-            failed = Verdict.from_findings(
-                [finding], {}, policy_id=self.policy.id, policy_version=self.policy.version, stages=(stage_kind,)
-            )
+            failed = Verdict.stage_failure(self.policy, stage_kind, stage.name, f"{type(err).__name__}: {err}")
             return [failed] * count
 
 

@@ -37,7 +37,7 @@ from safeguard.images import to_unit_tensors
 from safeguard.pipelines import PipelineSpec, spec_for
 from safeguard.policy import DEFAULT_POLICY, Policy
 from safeguard.stages.combine import redaction_plan
-from safeguard.verdict import STAGE_FAILURE, Action, Finding, Verdict
+from safeguard.verdict import Action, Finding, Verdict
 
 __all__ = ["ProtectedPipeline", "ProtectedPipelineOutput", "protect", "unprotect"]
 
@@ -275,9 +275,7 @@ class _OutputCheck:
         return verdicts
 
     def _failure(self, detail: str) -> Verdict:
-        policy = self.guard.policy
-        finding = Finding(STAGE_FAILURE, 1.0, 1.0, "output", Action.BLOCK, "output-check", detail)
-        return Verdict.for_stage([finding], {}, policy, "output")
+        return Verdict.stage_failure(self.guard.policy, "output", "output-check", detail)
 
     # -- what the call returns -------------------------------------------------------------------------
     def returned(self, images: Any, nsfw: list[bool] | None) -> tuple[Any, list[Verdict]]:

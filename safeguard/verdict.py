@@ -158,6 +158,19 @@ class Verdict:
         )
 
     @classmethod
+    def stage_failure(cls, policy: Any, stage: str, source: str, detail: str) -> Verdict:
+        """The block verdict for content a stage could not judge (it raised, hung or returned nonsense).
+
+        Example:
+            >>> from safeguard.policy import load_policy
+            >>> v = Verdict.stage_failure(load_policy(), "output", "opennsfw", "RuntimeError: boom")
+            >>> v.blocked, v.findings[0].category
+            (True, 'stage_failure')
+        """
+        finding = Finding(STAGE_FAILURE, 1.0, 1.0, stage, Action.BLOCK, source, detail)
+        return cls.for_stage([finding], {}, policy, stage)
+
+    @classmethod
     def combine(cls, verdicts: Iterable[Verdict]) -> Verdict:
         """Merge verdicts about the same content: block wins, scores keep their maximum.
 
