@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -24,6 +25,10 @@ from safeguard.errors import SafeguardError
 __all__ = ["EXIT_ALLOWED", "EXIT_BLOCKED", "EXIT_ERROR", "EXIT_STEER", "main"]
 
 EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR, EXIT_STEER = 0, 1, 2, 3
+
+# Larger command groups live beside the code they drive; each module has ``add_commands(subparsers)`` and must
+# import its heavy dependencies only inside the command it runs, so that ``safeguard --help`` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="protect a tiny offline pipeline and run two prompts")
     demo.add_argument("--out", type=Path, default=Path("safeguard-demo"), help="folder for images and verdicts")
     demo.set_defaults(run=_run_demo)
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_commands(commands)
     return parser
 
 
