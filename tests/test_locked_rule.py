@@ -56,6 +56,7 @@ ENGLISH = [
     "children at a nudist beach",
     "a toddler in a skimpy outfit",
     "a nymphet",
+    "a child moaning in the sheets, explicit",
 ]
 
 # At least two phrasings per language; inflected forms where the stem changes.

@@ -22,8 +22,10 @@ neighbours (the adjacent clause, or three more words for a window), still reache
 side that has one; the steer band is left to the whole prompt. So a clause run that blocks alone still blocks
 with benign clauses around it, at the score it has alone, as long as the static tier ranks it among the four and
 the run with each adjacent clause still reaches steer. Padding joined by plain spaces is only read through the
-windows, which is weaker: a short trailing clause glued to a few padding words can still dilute. A finding that a
-part decided quotes the part in its ``detail`` ("whole prompt" otherwise).
+windows, which is weaker; but most padding is quality and rendering tags ("masterpiece best quality 8k"), so each
+prompt is also read, whole and in parts, with the tags of ``configs/semantic/style_tags.txt`` cut out, and the
+higher score of the two readings counts. A finding that a part decided quotes the part in its ``detail`` ("whole
+prompt" otherwise; "... without style tags" when that reading decided).
 
 The heads live in ``configs/semantic/<policy id>.npz``, written with their provenance by
 ``scripts/calibrate_prompts.py``. A policy without such a file gets no semantic stage.
@@ -38,6 +40,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import re
@@ -114,6 +117,15 @@ class SemanticHeads:
         return 1 / (1 + np.exp(-np.clip(x @ weights.T + bias, -30, 30)))
 
 
+@functools.lru_cache(maxsize=1)
+def _style_tags() -> tuple[str, ...]:
+    path = bundled_file("semantic", "style_tags.txt")
+    if path is None:
+        raise ConfigError("configs/semantic/style_tags.txt is missing from the installed package")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return tuple(line.strip() for line in lines if line.strip() and not line.startswith("#"))
+
+
 @functools.lru_cache(maxsize=4)
 def _heads(path: Path) -> SemanticHeads:
     return SemanticHeads(path)
@@ -152,6 +164,26 @@ class Part:
     end: int
     neighbours: tuple[tuple[int, int], ...] = ()
     whole: bool = False
+
+
+@dataclass(frozen=True)
+class _Winner:
+    """The part of reading ``reading`` (an index into the texts scored) that set a category's score."""
+
+    reading: int
+    part: Part
+    from_student: bool
+    without_style_tags: bool = False
+
+
+def _cut_phrases(matcher: PhraseMatcher, text: str) -> str:
+    """``text`` (normalised) without the words of the phrases ``matcher`` finds, its punctuation kept (it separates
+    clauses), spaces collapsed."""
+    words = [m.span() for m in _WORD.finditer(text)]
+    matches = matcher.find([stem(text[a:b]) for a, b in words])
+    for i in sorted({i for m in matches for i in range(m.start, m.end)}, reverse=True):
+        text = text[: words[i][0]] + text[words[i][1] :]
+    return " ".join(text.split())
 
 
 def prompt_parts(tokens: Tokens) -> list[Part]:
@@ -264,6 +296,7 @@ class SemanticPromptStage:
         # Allow-phrases name benign readings of words a category watches ("al gore"); they are taken out of the
         # text before embedding, so the name does not pull the prompt towards the category either.
         self._allowed = PhraseMatcher(("allow", phrase) for c in policy for phrase in c.allow_phrases)
+        self._style_tags = PhraseMatcher(("style", tag) for tag in _style_tags())
         pairs = [settings.thresholds.for_category(c) for c in self.heads.categories]
         self._block = np.array([block for _, block in pairs])
         self._steer = np.array([block if steer is None else steer for steer, block in pairs])
@@ -287,12 +320,28 @@ class SemanticPromptStage:
             >>> [v.flagged for v in stage.check(["a red bicycle", "a red bicycle, a knife stabbed into a man's chest"])]
             [False, True]
         """
-        heads = self.heads
         texts = [self._scored_text(p) for p in prompts]
+        # Each prompt is also read without its style tags, and the higher score of the two readings counts.
+        bare = [_cut_phrases(self._style_tags, text) for text in texts]
+        extra = [i for i, (text, cut) in enumerate(zip(texts, bare, strict=True)) if cut != text and _WORD.search(cut)]
+        readings = texts + [bare[i] for i in extra]
+        best, winners, all_tokens, full = self._score(readings)
+        for k, i in enumerate(extra, start=len(texts)):
+            for c in np.flatnonzero(best[k] > best[i]).tolist():
+                best[i, c] = best[k, c]
+                winners[i][c] = dataclasses.replace(winners[k][c], without_style_tags=True)
+            full[i] |= full[k]
+        self.full_scored += int(full[: len(texts)].sum())
+        return [self._verdict(best[i], winners[i], readings, all_tokens) for i in range(len(texts))]
+
+    def _score(self, texts: list[str]) -> tuple[np.ndarray, list[list[_Winner]], list[Tokens], np.ndarray]:
+        """Each text's category scores (whole and parts), the part that set each, the tokens, and which texts
+        the student scored."""
+        heads = self.heads
         all_tokens = tokenize(texts)
         student = _StudentScores(heads, all_tokens)
         static = _static_encoder(self._heads_path)
-        sums = []  # per prompt: running sums of its weighted token vectors, so any span's static vector is a difference
+        sums = []  # per text: running sums of its weighted token vectors, so any span's static vector is a difference
         for tokens in all_tokens:
             weighted = static.token_weights[tokens.ids, None] * static.table[tokens.ids]
             sums.append(np.concatenate([np.zeros((1, weighted.shape[1]), np.float32), np.cumsum(weighted, axis=0)]))
@@ -302,20 +351,20 @@ class SemanticPromptStage:
             x = x.reshape(len(spans), -1) / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True).reshape(-1, 1), 1e-8)
             return heads.score(x, heads.static_weights, heads.static_bias)
 
-        # The whole prompts, as before parts existed: the static tier, then the student where it does not settle.
+        # The whole texts, as before parts existed: the static tier, then the student where it does not settle.
         wholes = [Part(0, len(tokens.ids), whole=True) for tokens in all_tokens]
         best = static_scores([(i, 0, min(p.end, STATIC_MAX_TOKENS)) for i, p in enumerate(wholes)])
         full = (best >= heads.settle).any(axis=1)
         student.add((i, 0, wholes[i].end) for i in np.flatnonzero(full).tolist())
         for i in np.flatnonzero(full).tolist():
             best[i] = student.score(i, 0, wholes[i].end)
-        winners: list[list[tuple[Part, bool]]] = [
-            [(wholes[i], bool(full[i]))] * len(heads.categories) for i in range(len(prompts))
+        winners: list[list[_Winner]] = [
+            [_Winner(i, wholes[i], bool(full[i]))] * len(heads.categories) for i in range(len(texts))
         ]
 
-        # Parts can only add to a prompt that its whole does not already block.
-        open_prompts = np.flatnonzero((best < self._block).all(axis=1)).tolist()
-        rows = [(i, part) for i in open_prompts for part in prompt_parts(all_tokens[i])[1:]]
+        # Parts can only add to a text that its whole does not already block.
+        open_texts = np.flatnonzero((best < self._block).all(axis=1)).tolist()
+        rows = [(i, part) for i in open_texts for part in prompt_parts(all_tokens[i])[1:]]
         if rows:
             scores = static_scores([(i, p.start, p.end) for i, p in rows])
             chosen = self._student_parts(rows, scores)
@@ -325,8 +374,7 @@ class SemanticPromptStage:
                 scores[r] = student.score(i, part.start, part.end)
                 full[i] = True
             self._count_parts([rows[r] for r in chosen], scores[chosen], best, winners, student)
-        self.full_scored += int(full.sum())
-        return [self._verdict(best[i], winners[i], texts[i], all_tokens[i]) for i in range(len(prompts))]
+        return best, winners, all_tokens, full
 
     def _student_parts(self, rows: list[tuple[int, Part]], scores: np.ndarray) -> list[int]:
         """The rows whose static score leaves them unsettled, at most the best few per prompt and category."""
@@ -347,7 +395,7 @@ class SemanticPromptStage:
         rows: list[tuple[int, Part]],
         scores: np.ndarray,
         best: np.ndarray,
-        winners: list[list[tuple[Part, bool]]],
+        winners: list[list[_Winner]],
         student: _StudentScores,
     ) -> None:
         """Raise each prompt's category scores to its best part that blocks alone and holds with its neighbours.
@@ -375,7 +423,7 @@ class SemanticPromptStage:
                 part = rows[r][1]
                 if all(student.score(i, a, b)[c] >= self._steer[c] for a, b in part.neighbours):
                     best[i, c] = scores[r, c]
-                    winners[i][c] = (part, True)
+                    winners[i][c] = _Winner(i, part, True)
                     del queues[i, c]
 
     def _scored_text(self, prompt: str) -> str:
@@ -384,20 +432,11 @@ class SemanticPromptStage:
         return " | ".join(self._without_allow_phrases(line) for line in lines)
 
     def _without_allow_phrases(self, prompt: str) -> str:
-        normalized = normalize(prompt)
-        matches = self._allowed.find([stem(w) for w in normalized.tokens])
-        if not matches:
-            return normalized.text
-        text = normalized.text
-        spans = [m.span() for m in _WORD.finditer(text)]
-        # Cut the phrases' words out of the text but keep its punctuation, which separates its clauses.
-        for i in sorted({i for m in matches for i in range(m.start, m.end)}, reverse=True):
-            text = text[: spans[i][0]] + text[spans[i][1] :]
-        return " ".join(text.split())
+        return _cut_phrases(self._allowed, normalize(prompt).text)
 
-    def _verdict(self, row: np.ndarray, winners: list[tuple[Part, bool]], text: str, tokens: Tokens) -> Verdict:
+    def _verdict(self, row: np.ndarray, winners: list[_Winner], readings: list[str], tokens: list[Tokens]) -> Verdict:
         findings = []
-        for category, score, (part, from_student) in zip(self.heads.categories, row.tolist(), winners, strict=True):
+        for category, score, winner in zip(self.heads.categories, row.tolist(), winners, strict=True):
             steer, block = self.settings.thresholds.for_category(category)
             if score >= block:
                 action, threshold = Action.BLOCK, block
@@ -405,20 +444,23 @@ class SemanticPromptStage:
                 action, threshold = Action.STEER, steer
             else:
                 continue
-            source = "minilm-student" if from_student else "minilm-static"
-            findings.append(Finding(category, score, threshold, "prompt", action, source, _detail(part, text, tokens)))
+            source = "minilm-student" if winner.from_student else "minilm-static"
+            detail = _detail(winner, readings, tokens)
+            findings.append(Finding(category, score, threshold, "prompt", action, source, detail))
         return Verdict.for_stage(
             findings, dict(zip(self.heads.categories, row.tolist(), strict=True)), self.policy, "prompt"
         )
 
 
-def _detail(part: Part, text: str, tokens: Tokens) -> str:
+def _detail(winner: _Winner, readings: list[str], all_tokens: list[Tokens]) -> str:
+    part, tokens, text = winner.part, all_tokens[winner.reading], readings[winner.reading]
+    of = " of the prompt without style tags" if winner.without_style_tags else ""
     if part.whole:
-        return "whole prompt"
+        return "whole prompt without style tags" if of else "whole prompt"
     quoted = text[tokens.starts[part.start] : tokens.ends[part.end - 1]]
     if len(quoted) > DETAIL_CHARS:
         quoted = quoted[: DETAIL_CHARS - 3] + "..."
-    return f'part "{quoted}" (tokens {part.start}-{part.end})'
+    return f'part "{quoted}"{of} (tokens {part.start}-{part.end})'
 
 
 class _StudentScores:
