@@ -1,7 +1,8 @@
-"""The ``safeguard`` command line: ``check``, ``policy`` and ``demo``.
+"""The ``safeguard`` command line: ``check``, ``policy`` and ``demo``; ``scan`` and ``eval`` come from
+:mod:`safeguard.reports.commands`.
 
 Exit codes of ``safeguard check``: 0 allowed, 1 blocked, 3 flagged for steering (not blocked), 2 bad input
-or configuration.
+or configuration; with ``--file``, 4 when some lines could not be checked and none is blocked.
 
 Example:
     $ safeguard check "a watercolor painting of a lighthouse at dawn"
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from safeguard.errors import SafeguardError
+from safeguard.errors import InputError, SafeguardError
 
 __all__ = ["EXIT_ALLOWED", "EXIT_BLOCKED", "EXIT_ERROR", "EXIT_STEER", "main"]
 
@@ -28,7 +29,7 @@ EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR, EXIT_STEER = 0, 1, 2, 3
 
 # Larger command groups live beside the code they drive; each module has ``add_commands(subparsers)`` and must
 # import its heavy dependencies only inside the command it runs, so that ``safeguard --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("safeguard.reports.commands",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -52,8 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     check = commands.add_parser("check", help="check prompts against the policy")
-    check.add_argument("prompts", nargs="+", metavar="PROMPT")
+    check.add_argument("prompts", nargs="*", metavar="PROMPT")
     check.add_argument("--json", action="store_true", help="print one JSON object per prompt")
+    check.add_argument(
+        "--file", type=Path, help="prompts from a text file (one per line) or a CSV with a prompt column, batched"
+    )
+    check.add_argument("--no-progress", action="store_true", help="no progress bar for --file (none off a terminal)")
     _policy_options(check)
     check.set_defaults(run=_run_check)
 
@@ -80,6 +85,12 @@ def _policy_options(parser: argparse.ArgumentParser) -> None:
 def _run_check(args: argparse.Namespace) -> int:
     from safeguard.checks import check_prompts
 
+    if args.file is not None:
+        from safeguard.reports.commands import run_check_file
+
+        return run_check_file(args)
+    if not args.prompts:
+        raise InputError("give one or more prompts, or --file FILE")
     verdicts = check_prompts(args.prompts, args.policy, args.preset, config=args.config)
     for prompt, verdict in zip(args.prompts, verdicts, strict=True):
         if args.json:

@@ -24,9 +24,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from eval_prompts import DEFAULT_FOLDER, read_rows
+from eval_prompts import DEFAULT_FOLDER
 
 from safeguard.guard import Guard
+from safeguard.reports.data import read_labelled_csv
 from safeguard.stages.semantic import SemanticPromptStage
 
 
@@ -45,8 +46,8 @@ def main() -> int:
     args = parser.parse_args()
 
     guard = Guard.create(preset=args.preset)
-    rows = [row for rows in read_rows(args.folder).values() for row in rows]
-    prompts = [row["prompt"][: guard.settings.prompt.max_chars] for row in rows]
+    rows = [row for path in sorted(args.folder.glob("*.csv")) for row in read_labelled_csv(path)]
+    prompts = [row.prompt[: guard.settings.prompt.max_chars] for row in rows]
     if args.count:
         prompts = prompts[: args.count]
     # Warm-up on prompts of every source, so that both tiers have run (and built their caches) before timing.
