@@ -82,6 +82,40 @@ def test_eval_writes_a_self_contained_report_with_ablations(tmp_path, capsys):
     html = (out / "report.html").read_text(encoding="utf-8")
     text = json.dumps(figures)
     assert "mine-unsafe" in text and "mine-benign" in text
+    names = [c["name"] for c in figures["prompts"]["configs"]]
+    assert names[0] == "all stages" and "no stage" in names and len(names) >= 4
+    assert figures["prompts"]["configs"][0]["stage_failures"] == 0
+    assert set(figures["prompts"]["sweeps"]) >= {"violence"}
+    for heading in ("<h2>Prompts</h2>", "Per-stage ablations", "Per source", "Per language"):
+        assert heading in html, heading
     assert "keywords alone" in capsys.readouterr().out
     # Self-contained: no script, style sheet or image fetched from elsewhere when it is viewed.
     assert "<svg" in html and "http://" not in html.replace("http://www.w3.org", "") and "https://" not in html
+
+
+def test_eval_on_unsafe_prompts_only_writes_the_report(tmp_path, capsys):
+    # No benign rows: the sweeps have no false-positive axis, and the report is written without those curves.
+    data = _csv(tmp_path / "unsafe.csv", [(p, "unsafe", "violence", "mine-unsafe") for p in UNSAFE])
+    assert main(["eval", str(data), "--ablate", "--out", str(tmp_path / "r"), "--no-progress", "--single", "2"]) == 0
+    assert (tmp_path / "r" / "report.html").is_file()
+    assert "mine-unsafe" in capsys.readouterr().out
+
+
+def test_stage_failures_are_counted_apart_from_detections(monkeypatch):
+    from safeguard.guard import Guard
+    from safeguard.reports.data import LabelledPrompt
+    from safeguard.reports.prompt_eval import evaluate_prompts, prompt_report_text
+
+    guard = Guard.create()
+    semantic = next(s for s in guard.prompt_stages if s.name == "semantic")
+
+    def broken(prompts):
+        raise RuntimeError("checker down")
+
+    monkeypatch.setattr(semantic, "check", broken)
+    rows = [LabelledPrompt(str(i), p, "benign", (), "mine", "mine.csv") for i, p in enumerate(BENIGN)]
+    result = evaluate_prompts(rows, guard, single=1)
+    # Fail closed: every prompt is blocked, and the report says why rather than calling them flagged by the policy.
+    assert result["configs"][0]["stage_failures"] == len(BENIGN)
+    assert result["configs"][0]["pooled_false_positive"] == 1.0
+    assert f"{len(BENIGN)} prompts blocked by a stage failure" in prompt_report_text(result, "mine.csv")

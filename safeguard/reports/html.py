@@ -29,6 +29,7 @@ table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .cards { display: flex; gap: 12px; flex-wrap: wrap; }
+.warning { color: #a00; font-weight: 600; }
 .card { border: 1px solid #ddd; border-radius: 6px; padding: 8px 14px; min-width: 150px; }
 .card b { display: block; font-size: 22px; }
 .charts { display: flex; flex-wrap: wrap; gap: 8px; }
@@ -70,6 +71,13 @@ def _prompt_section(p: dict[str, Any]) -> str:
         f"{escape(', '.join(p['stages']))}; the {escape(p['always_on'])}. Detected = flagged (block or steer) "
         "among unsafe prompts; false positives = flagged among benign ones; borderline rows enter neither.</p>"
     )
+    failed = {c["name"]: c["stage_failures"] for c in configs if c["stage_failures"]}
+    if failed:
+        counts = ", ".join(f"{escape(name)}: {n}" for name, n in failed.items())
+        out.append(
+            f'<p class="warning">Stage failures (a deadline or an error) blocked prompts, which the figures count as '
+            f"flagged: {counts}. Rerun on a quieter machine or with a longer <code>prompt.deadline_s</code>.</p>"
+        )
     out.append('<div class="cards">')
     out.append(_card("unsafe detected (pooled)", _pct(full["pooled_detection"])))
     out.append(_card("mean over sources", _pct(full["mean_source_detection"])))
@@ -179,9 +187,18 @@ def _sweep_section(sweeps: dict[str, Any]) -> str:
     out.append('<div class="charts">')
     rows = []
     for category, sweep in sweeps.items():
-        points = [(pt["false_positive"], pt["detection"]) for pt in sweep["points"] if pt["detection"] is not None]
+        # A curve needs both axes: without unsafe or benign prompts in the data there is nothing to draw.
+        points = [
+            (pt["false_positive"], pt["detection"])
+            for pt in sweep["points"]
+            if pt["detection"] is not None and pt["false_positive"] is not None
+        ]
         op = sweep["operating"]
-        markers = [] if op["detection"] is None else [("preset", op["false_positive"], op["detection"])]
+        markers = (
+            [("preset", op["false_positive"], op["detection"])]
+            if op["detection"] is not None and op["false_positive"] is not None
+            else []
+        )
         out.append(
             line_chart(
                 [(category, points)],

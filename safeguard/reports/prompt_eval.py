@@ -50,7 +50,7 @@ from safeguard.reports.data import LabelledPrompt, policy_categories_of
 from safeguard.reports.language import identify_languages, policy_languages
 from safeguard.reports.progress import ProgressBar
 from safeguard.stages.keywords import KeywordPromptStage
-from safeguard.verdict import Action, Verdict
+from safeguard.verdict import STAGE_FAILURE, Action, Verdict
 
 __all__ = [
     "MIN_BENIGN_PER_SOURCE",
@@ -287,6 +287,9 @@ def evaluate_prompts(
                 "stages": list(choice.stages),
                 "seconds": seconds,
                 "prompts_per_second": len(prompts) / seconds if seconds else math.inf,
+                # Blocks the stage could not judge (a deadline under load, an error): counted as flagged, as the
+                # product does, and reported so that they are not read as detections.
+                "stage_failures": sum(any(f.category == STAGE_FAILURE for f in v.findings) for v in verdicts),
                 **_rates(tables["by_source"]),
                 **tables,
             }
@@ -360,4 +363,10 @@ def prompt_report_text(result: dict[str, Any], data: str) -> str:
         f"throughput: {config['prompts_per_second']:.0f} prompts/s batched ({result['rows']} prompts), "
         f"single-prompt median {result['single_median_ms']:.2f} ms over {result['single_count']}"
     )
+    for c in result["configs"]:
+        if c["stage_failures"]:
+            lines.append(
+                f"WARNING: {c['name']}: {c['stage_failures']} prompts blocked by a stage failure (a deadline or an "
+                "error) count as flagged above; rerun on a quieter machine or with a longer prompt.deadline_s"
+            )
     return "\n".join(lines)
