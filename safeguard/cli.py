@@ -1,5 +1,5 @@
 """The ``safeguard`` command line: ``check``, ``policy`` and ``demo``; ``scan`` and ``eval`` come from
-:mod:`safeguard.reports.commands`.
+:mod:`safeguard.reports.commands`, ``serve``, ``keys`` and ``audit`` from :mod:`safeguard.server.commands`.
 
 Exit codes of ``safeguard check``: 0 allowed, 1 blocked, 3 flagged for steering (not blocked), 2 bad input
 or configuration; with ``--file``, 4 when some lines could not be checked and none is blocked.
@@ -29,7 +29,7 @@ EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR, EXIT_STEER = 0, 1, 2, 3
 
 # Larger command groups live beside the code they drive; each module has ``add_commands(subparsers)`` and must
 # import its heavy dependencies only inside the command it runs, so that ``safeguard --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("safeguard.reports.commands",)
+COMMAND_MODULES: tuple[str, ...] = ("safeguard.server.commands", "safeguard.reports.commands")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
