@@ -250,3 +250,22 @@ def test_metrics_and_audit(server: dict[str, Any]) -> None:
     }
     assert set(server["ok_ids"]) <= ids and len(server["ok_ids"]) >= 5
     assert "a green triangle" not in Path(server["audit"]).read_text()  # only hashes by default
+
+
+def test_the_example_settings_file_is_the_defaults_and_unknown_keys_are_errors(tmp_path: Path) -> None:
+    from safeguard.errors import ConfigError
+    from safeguard.server.settings import load_server_settings
+
+    example = Path(__file__).resolve().parents[1] / "configs" / "server" / "example.yaml"
+    loaded, defaults = load_server_settings(example), load_server_settings(None)
+    # The documented file names every option with its default value (the keys file aside, which has none).
+    assert (loaded.host, loaded.port, loaded.audit.max_bytes, loaded.limits) == (
+        defaults.host,
+        defaults.port,
+        defaults.audit.max_bytes,
+        defaults.limits,
+    )
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("limits:\n  queue_sise: 3\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="queue_sise"):
+        load_server_settings(bad)
