@@ -24,7 +24,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -40,7 +40,7 @@ from safeguard.server.keys import ApiKey, KeyStore
 from safeguard.server.settings import ServerSettings
 from safeguard.verdict import Verdict
 
-__all__ = ["ApiError", "create_app", "serve"]
+__all__ = ["ApiError", "Backend", "create_app", "serve"]
 
 # Request toggles and the library keyword each maps to; the preset's locks decide which a key may use.
 _TOGGLES = {"prompt": bool, "output": bool, "steering": (bool, str), "redaction": str}
@@ -129,24 +129,26 @@ class _RateLimiter:
             hits.append(now)
 
 
-class _Service:
-    def __init__(self, settings: ServerSettings, pipeline_factory: Callable[[], tuple[Any, Any]] | None) -> None:
-        if settings.keys is None:
-            raise ConfigError("server setting keys is required: every request needs an API key (safeguard keys add)")
+class _Engine:
+    """The protected pipeline and the policy it checks against; the part a Ray Serve replica holds.
+
+    ``factory`` returns ``(pipeline, policy id or path)``; ``None`` reads ``settings.pipeline`` (``None``: the toy
+    world). Methods block; the web app calls them off its event loop.
+
+    Example:
+        >>> engine = _Engine(ServerSettings(), None)
+        >>> engine.load()  # doctest: +SKIP
+        >>> engine.moderate(["a red square"], [], "balanced")[0][0].flagged  # doctest: +SKIP
+        False
+    """
+
+    def __init__(self, settings: ServerSettings, factory: Callable[[], tuple[Any, Any]] | None) -> None:
         self.settings = settings
-        self.keys = KeyStore(settings.keys)
-        self.audit = AuditLog(settings.audit.path, max_bytes=settings.audit.max_bytes)
-        self.metrics = _Metrics()
-        self.rate = _RateLimiter()
-        self._factory = pipeline_factory or self._default_factory
+        self._factory = factory or self._default_factory
         self._base: Any = None
         self.policy: Any = None  # a policy id or path: safeguard.checks caches guards for those
         self._load_lock = threading.Lock()
         self._guarded: dict[tuple, Any] = {}
-        # One worker thread: pipeline calls are serialized (the library allows concurrency; we stay conservative).
-        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safeguard-pipeline")
-        self.admitted = 0
-        self._admit_lock = threading.Lock()
         self.ready = False
 
     def _default_factory(self) -> tuple[Any, Any]:
@@ -175,6 +177,104 @@ class _Service:
             if key not in self._guarded:
                 self._guarded[key] = safeguard.protect(self._base, policy=self.policy, preset=preset, **toggles)
             return self._guarded[key]
+
+    def moderate(
+        self, texts: list[str], images: list[Image.Image], preset: str
+    ) -> tuple[list[Verdict], list[Verdict], dict[str, float]]:
+        """Check prompts and images under ``preset``; returns both verdict lists and seconds per stage."""
+        self.load()
+        t0 = time.perf_counter()
+        tv = safeguard.check_prompts(texts, self.policy, preset) if texts else []
+        t1 = time.perf_counter()
+        iv = safeguard.check_images(images, self.policy, preset) if images else []
+        return tv, iv, {"prompt": t1 - t0, "image": time.perf_counter() - t1}
+
+    def generate(
+        self,
+        preset: str,
+        toggles: dict[str, Any],
+        prompt: str,
+        n: int,
+        steps: int,
+        seed: int,
+        width: int | None,
+        height: int | None,
+    ) -> tuple[list[Any], list[Verdict], str | None, float]:
+        """Run the guarded pipeline; returns images (``None`` where withheld), verdicts, the blocking stage, seconds."""
+        import torch
+
+        pipe = self.guarded(preset, toggles)
+        kwargs: dict[str, Any] = {"num_images_per_prompt": n, "num_inference_steps": steps, "output_type": "pil"}
+        if width and height:
+            kwargs.update(width=width, height=height)
+        t0 = time.perf_counter()
+        try:
+            out = pipe(prompt, generator=torch.Generator().manual_seed(seed), **kwargs)
+        except ContentBlocked as blocked:
+            verdicts = list(blocked.verdicts) * (n // max(1, len(blocked.verdicts)) or 1)
+            return [None] * n, verdicts, "prompt", time.perf_counter() - t0
+        return list(out.images), list(out.verdicts), None, time.perf_counter() - t0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where the app's checks and generations run: in this process (default) or on Ray Serve deployments.
+
+    Example:
+        >>> isinstance(_LocalBackend(_Engine(ServerSettings(), None)), Backend)
+        True
+    """
+
+    def is_ready(self) -> bool: ...
+
+    def load(self) -> None: ...
+
+    async def moderate(
+        self, texts: list[str], images: list[Image.Image], preset: str
+    ) -> tuple[list[Verdict], list[Verdict], dict[str, float]]: ...
+
+    def generate(self, *args: Any) -> asyncio.Future: ...
+
+    def close(self) -> None: ...
+
+
+class _LocalBackend:
+    """The engine in this process; pipeline calls are serialized on one worker thread (conservative)."""
+
+    def __init__(self, engine: _Engine) -> None:
+        self.engine = engine
+        self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safeguard-pipeline")
+
+    def is_ready(self) -> bool:
+        return self.engine.ready
+
+    def load(self) -> None:
+        self.engine.load()
+
+    async def moderate(
+        self, texts: list[str], images: list[Image.Image], preset: str
+    ) -> tuple[list[Verdict], list[Verdict], dict[str, float]]:
+        return await run_in_threadpool(self.engine.moderate, texts, images, preset)
+
+    def generate(self, *args: Any) -> asyncio.Future:
+        return asyncio.get_running_loop().run_in_executor(self.worker, self.engine.generate, *args)
+
+    def close(self) -> None:
+        self.worker.shutdown(wait=False, cancel_futures=True)
+
+
+class _Service:
+    def __init__(self, settings: ServerSettings, backend: Backend) -> None:
+        if settings.keys is None:
+            raise ConfigError("server setting keys is required: every request needs an API key (safeguard keys add)")
+        self.settings = settings
+        self.keys = KeyStore(settings.keys)
+        self.audit = AuditLog(settings.audit.path, max_bytes=settings.audit.max_bytes)
+        self.metrics = _Metrics()
+        self.rate = _RateLimiter()
+        self.backend = backend
+        self.admitted = 0
+        self._admit_lock = threading.Lock()
 
     def admit(self) -> None:
         with self._admit_lock:
@@ -232,8 +332,15 @@ def _decode_image(url: Any, where: str, max_pixels: int) -> tuple[Image.Image, b
     return image, data
 
 
-def create_app(settings: ServerSettings, pipeline_factory: Callable[[], tuple[Any, Any]] | None = None) -> FastAPI:
+def create_app(
+    settings: ServerSettings,
+    pipeline_factory: Callable[[], tuple[Any, Any]] | None = None,
+    backend: Backend | None = None,
+) -> FastAPI:
     """Build the service. ``pipeline_factory`` returns ``(pipeline, policy id or path)``; default: from settings.
+
+    ``backend`` runs the checks and generations (default: in this process, from ``pipeline_factory``);
+    :mod:`safeguard.server.ray_app` passes one that calls Ray Serve deployments.
 
     Example:
         >>> from safeguard.server.settings import server_settings_from_mapping
@@ -243,7 +350,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], tuple[An
         >>> sorted(r.path for r in app.routes if r.path.startswith("/v1"))
         ['/v1/images/generations', '/v1/moderations']
     """
-    svc = _Service(settings, pipeline_factory)
+    svc = _Service(settings, backend or _LocalBackend(_Engine(settings, pipeline_factory)))
     limits = settings.limits
     app = FastAPI(title="safeguard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.service = svc
@@ -251,12 +358,11 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], tuple[An
     @app.on_event("startup")
     async def _startup() -> None:
         # Load in the background so /healthz answers at once and /readyz says when models are in.
-        loop = asyncio.get_running_loop()
-        loop.run_in_executor(svc.worker, svc.load)
+        asyncio.get_running_loop().run_in_executor(None, svc.backend.load)
 
     @app.on_event("shutdown")
     async def _shutdown() -> None:
-        svc.worker.shutdown(wait=False, cancel_futures=True)
+        svc.backend.close()
         svc.audit.close()
 
     @app.exception_handler(ApiError)
@@ -336,7 +442,8 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], tuple[An
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        return JSONResponse({"ready": svc.ready}, status_code=200 if svc.ready else 503)
+        ready = svc.backend.is_ready()
+        return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -367,25 +474,18 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], tuple[An
             raise ApiError(400, "input must be a string or a non-empty list", "input")
         if sum(kind == "image" for kind, _ in items) > limits.max_images_per_request:
             raise ApiError(400, f"at most {limits.max_images_per_request} images per request", "input")
-        await run_in_threadpool(svc.load)
         texts = [v for k, v in items if k == "text"]
         images = [v[0] for k, v in items if k == "image"]
-
-        def check() -> tuple[list[Verdict], list[Verdict]]:
-            t0 = time.perf_counter()
-            tv = safeguard.check_prompts(texts, svc.policy, key.preset) if texts else []
-            svc.metrics.latency.labels("prompt").observe(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            iv = safeguard.check_images(images, svc.policy, key.preset) if images else []
-            svc.metrics.latency.labels("image").observe(time.perf_counter() - t0)
-            return tv, iv
-
         try:
-            text_verdicts, image_verdicts = await asyncio.wait_for(run_in_threadpool(check), limits.deadline_s)
+            text_verdicts, image_verdicts, seconds = await asyncio.wait_for(
+                svc.backend.moderate(texts, images, key.preset), limits.deadline_s
+            )
         except TimeoutError as err:
             raise ApiError(504, f"moderation took longer than {limits.deadline_s} s", None) from err
         except InputError as err:
             raise ApiError(400, str(err), "input") from err
+        for stage, spent in seconds.items():
+            svc.metrics.latency.labels(stage).observe(spent)
         tv, iv = iter(text_verdicts), iter(image_verdicts)
         results = [_moderation_result(next(tv) if k == "text" else next(iv), k) for k, _ in items]
         for verdict in [*text_verdicts, *image_verdicts]:
@@ -443,30 +543,13 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], tuple[An
         toggles = _toggles(body, key)
         svc.admit()
         released = False
-
-        def run() -> tuple[list[Any], list[Verdict], str | None]:
-            import torch
-
-            pipe = svc.guarded(key.preset, toggles)
-            kwargs: dict[str, Any] = {"num_images_per_prompt": n, "num_inference_steps": steps, "output_type": "pil"}
-            if width and height:
-                kwargs.update(width=width, height=height)
-            t0 = time.perf_counter()
-            try:
-                out = pipe(prompt, generator=torch.Generator().manual_seed(seed), **kwargs)
-            except ContentBlocked as blocked:
-                return [None] * n, list(blocked.verdicts) * (n // max(1, len(blocked.verdicts)) or 1), "prompt"
-            finally:
-                svc.metrics.latency.labels("generation").observe(time.perf_counter() - t0)
-            return list(out.images), list(out.verdicts), None
-
         try:
-            future = asyncio.get_running_loop().run_in_executor(svc.worker, run)
+            future = svc.backend.generate(key.preset, toggles, prompt, n, steps, seed, width, height)
             # The queue slot is held until the pipeline really finishes, even past the deadline, so the bound holds.
             future.add_done_callback(lambda _: svc.release())
             released = True
             try:
-                images, verdicts, stage = await asyncio.wait_for(asyncio.shield(future), limits.deadline_s)
+                images, verdicts, stage, spent = await asyncio.wait_for(asyncio.shield(future), limits.deadline_s)
             except TimeoutError as err:
                 raise ApiError(504, f"generation took longer than {limits.deadline_s} s", None) from err
         except ApiError:
@@ -479,6 +562,7 @@ def create_app(settings: ServerSettings, pipeline_factory: Callable[[], tuple[An
         finally:
             if not released:
                 svc.release()
+        svc.metrics.latency.labels("generation").observe(spent)
         data, hashes = [], []
         for i in range(n):
             image = images[i] if i < len(images) else None

@@ -8,6 +8,7 @@ Example:
     $ safeguard keys list --keys keys.json
     $ safeguard keys revoke --keys keys.json 3f0c9a1e5b7d2468
     $ safeguard serve --config server.yaml --port 8000
+    $ safeguard serve --ray --config server.yaml --gpus-per-replica 1 --max-replicas 4
     $ safeguard audit verify audit.jsonl
 """
 
@@ -33,6 +34,13 @@ def add_commands(subparsers: Any) -> None:
     serve.add_argument("--pipeline", type=Path, default=None, help="local diffusers folder (default: the toy world)")
     serve.add_argument("--host", default=None, help="address to listen on (overrides the settings file)")
     serve.add_argument("--port", type=int, default=None, help="port to listen on (overrides the settings file)")
+    ray = serve.add_argument_group("Ray Serve (pip install 'diffusers-safeguard[server,ray]')")
+    ray.add_argument("--ray", action="store_true", help="run as a Ray Serve application")
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="GPUs each pipeline replica reserves")
+    ray.add_argument("--min-replicas", type=int, default=1, help="autoscaling floor per deployment (default 1)")
+    ray.add_argument("--max-replicas", type=int, default=1, help="autoscaling ceiling per deployment (default 1)")
+    ray.add_argument("--ray-address", default=None, help="join this Ray cluster (default: start Ray on this machine)")
+    ray.add_argument("--ray-cpus", type=int, default=None, help="CPUs for a local Ray (default: all)")
     serve.set_defaults(run=_run_serve)
 
     keys = subparsers.add_parser("keys", help="manage the service's API keys (a file of salted hashes)")
@@ -62,6 +70,18 @@ def _run_serve(args: argparse.Namespace) -> int:
     from safeguard.server.settings import load_server_settings
 
     settings = load_server_settings(args.config, host=args.host, port=args.port, pipeline=args.pipeline)
+    if args.ray:
+        from safeguard.server.ray_app import run_ray
+
+        run_ray(
+            settings,
+            address=args.ray_address,
+            num_cpus=args.ray_cpus,
+            num_gpus=args.gpus_per_replica,
+            min_replicas=args.min_replicas,
+            max_replicas=args.max_replicas,
+        )
+        return EXIT_ALLOWED
     serve(settings)
     return EXIT_ALLOWED
 
