@@ -49,6 +49,7 @@ from types import TracebackType
 from typing import Any
 
 from safeguard.errors import ConfigError, InputError
+from safeguard.server.durable import fsync_dir
 
 __all__ = ["DEFAULT_MAX_BYTES", "GENESIS", "AuditLog", "AuditReport", "canonical_json", "verify_audit"]
 
@@ -83,14 +84,6 @@ def _pieces(path: Path) -> list[tuple[int, Path]]:
         if entry.name.startswith(path.name + ".") and suffix.isdigit() and not suffix.startswith("0"):
             found.append((int(suffix), entry))
     return sorted(found)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _split_tail(path: Path) -> tuple[bytes | None, bytes]:
@@ -170,7 +163,7 @@ class AuditLog:
             torn = self._recover()
             self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             self._size = os.fstat(self._fd).st_size
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
             if torn:
                 self.append(
                     {
@@ -289,7 +282,7 @@ class AuditLog:
         self._next_piece += 1
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._size = 0
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
 
     def close(self) -> None:
         """Close the file and release the writer's lock; appending afterwards is an error."""

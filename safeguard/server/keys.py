@@ -26,10 +26,8 @@ import fcntl
 import hashlib
 import hmac
 import json
-import os
 import re
 import secrets
-import tempfile
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +37,7 @@ from typing import Any
 
 from safeguard.config import available_presets
 from safeguard.errors import ConfigError
+from safeguard.server.durable import fsync_dir, replace_file
 
 __all__ = ["ApiKey", "KeyStore", "validate_preset_name"]
 
@@ -219,33 +218,10 @@ class KeyStore:
             records = {k: dict(v) for k, v in self._records.items()}
             change(records)
             body = json.dumps({"format": _FORMAT, "keys": list(records.values())}, indent=1, ensure_ascii=False)
-            _replace_file(self.path, body.encode("utf-8") + b"\n")
-            _fsync_dir(self.path.parent)
+            replace_file(self.path, body.encode("utf-8") + b"\n")
+            fsync_dir(self.path.parent)
             self._refresh()
             return records
-
-
-def _replace_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync it and rename it over ``path`` (readable by owner)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_rate(value: Any, where: str) -> None:
