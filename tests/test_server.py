@@ -23,6 +23,7 @@ from PIL import Image  # noqa: E402
 from safeguard.server.app import create_app  # noqa: E402
 from safeguard.server.audit import verify_audit  # noqa: E402
 from safeguard.server.keys import KeyStore  # noqa: E402
+from safeguard.server.loadgen import wait_ready  # noqa: E402
 from safeguard.server.settings import server_settings_from_mapping  # noqa: E402
 
 GATE = threading.Event()  # set: the pipeline runs; cleared: a call on "a slow blue square" waits (queue test)
@@ -75,14 +76,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(base + "/readyz", timeout=2).status == 200:
-                break
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.2)
-    else:
+    if not wait_ready(port, 60):
         pytest.fail("server did not become ready in 60 s")
     ok_ids: list[str] = []
     yield {

@@ -11,7 +11,6 @@ import io
 import json
 import os
 import socket
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from ray import serve
 
 from safeguard.server.audit import verify_audit
 from safeguard.server.keys import KeyStore
+from safeguard.server.loadgen import wait_ready
 from safeguard.server.ray_app import start_ray
 from safeguard.server.settings import server_settings_from_mapping
 
@@ -53,14 +53,7 @@ def ray_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, A
     try:
         start_ray(settings, num_cpus=2)
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if urllib.request.urlopen(base + "/readyz", timeout=2).status == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                time.sleep(0.2)
-        else:
+        if not wait_ready(port, 60):
             pytest.fail("Ray Serve app did not answer /readyz in 60 s")
         yield {"base": base, "token": token, "audit": d / "audit.jsonl"}
     finally:

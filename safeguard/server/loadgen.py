@@ -35,6 +35,7 @@ __all__ = [
     "percentile",
     "rss_bytes",
     "run_clients",
+    "wait_ready",
 ]
 
 
@@ -187,6 +188,27 @@ def rss_bytes(pid: int) -> int:
     raise OSError(f"no VmRSS for process {pid}")
 
 
+def wait_ready(port: int, timeout_s: float, alive: Callable[[], bool] | None = None) -> bool:
+    """Poll ``GET /readyz`` on 127.0.0.1:``port`` until it answers 200 (True), ``timeout_s`` passes or ``alive``
+    says the server is gone (False).
+
+    Example:
+        >>> wait_ready(9, 0.1)  # nothing listens on port 9 here
+        False
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and (alive is None or alive()):
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return True
+        except (OSError, http.client.HTTPException):
+            pass
+        time.sleep(0.2)
+    return False
+
+
 class ServerProcess:
     """``safeguard serve`` in a child process, on 127.0.0.1; ``start`` waits until ``/readyz`` answers 200.
 
@@ -211,20 +233,11 @@ class ServerProcess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1"}
         out = open(self.log, "ab") if self.log else subprocess.DEVNULL  # noqa: SIM115 (the child keeps it)
         self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + ready_timeout_s
-        while time.monotonic() < deadline:
+        if not wait_ready(self.port, ready_timeout_s, alive=lambda: self.process.poll() is None):  # type: ignore[union-attr]
             if self.process.poll() is not None:
                 raise RuntimeError(f"the server exited with {self.process.returncode} before it was ready")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/readyz")
-                if conn.getresponse().status == 200:
-                    return
-            except (OSError, http.client.HTTPException):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"the server was not ready within {ready_timeout_s} s")
+            self.stop()
+            raise TimeoutError(f"the server was not ready within {ready_timeout_s} s")
 
     def kill_9(self) -> None:
         """Kill the server with SIGKILL: no shutdown code runs, as in a crash."""
