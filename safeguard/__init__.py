@@ -14,6 +14,7 @@ Example:
 
 from safeguard.checks import check_images, check_prompt, check_prompts
 from safeguard.config import Settings, available_presets, resolve_settings
+from safeguard.disclosure import save, verify
 from safeguard.errors import (
     ConfigError,
     ContentBlocked,
@@ -54,5 +55,7 @@ __all__ = [
     "load_policy",
     "protect",
     "resolve_settings",
+    "save",
     "unprotect",
+    "verify",
 ]

@@ -29,7 +29,11 @@ EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR, EXIT_STEER = 0, 1, 2, 3
 
 # Larger command groups live beside the code they drive; each module has ``add_commands(subparsers)`` and must
 # import its heavy dependencies only inside the command it runs, so that ``safeguard --help`` stays fast.
-COMMAND_MODULES: tuple[str, ...] = ("safeguard.server.commands", "safeguard.reports.commands")
+COMMAND_MODULES: tuple[str, ...] = (
+    "safeguard.server.commands",
+    "safeguard.disclosure.commands",
+    "safeguard.reports.commands",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,13 +163,37 @@ def _run_demo(args: argparse.Namespace) -> int:
             records.append({"prompt": prompt, "blocked": True, "verdict": blocked.verdict.to_dict()})
             continue
         path = out / f"{name}.png"
-        result.images[0].save(path)
+        credentials = _demo_credentials(out)
+        safeguard.save(result.images[0], path, verdict=result.verdicts[0], credentials=credentials)
         print(f"[{name}] {prompt!r}: {result.verdicts[0]} -> {path}")
+        anchor = None if credentials is None else credentials / "ca.pem"
+        report = safeguard.verify(path, trust_anchors=anchor)
+        payload = report.watermark.payload
+        print(
+            f"[{name}] disclosure: watermark {'found' if report.watermark.found else 'NOT found'}"
+            f"{f' (generator id {payload.generator_id})' if payload else ''}, content credentials "
+            f"{report.manifest.state}"
+            + ("" if credentials else " (pip install 'diffusers-safeguard[disclosure]' to sign them)")
+        )
         records.append({"prompt": prompt, "image": str(path), "verdict": result.verdicts[0].to_dict()})
     verdicts_path = out / "verdicts.json"
     verdicts_path.write_text(json.dumps(records, indent=2, ensure_ascii=False), encoding="utf-8")
     print(f"wrote images and verdicts to {out.resolve()} (verdicts: {verdicts_path})")
     return EXIT_ALLOWED
+
+
+def _demo_credentials(out: Path) -> Path | None:
+    """A test CA and signer under ``out/credentials`` when c2pa-python is installed (the disclosure extra)."""
+    import importlib.util
+
+    from safeguard.disclosure import create_test_credentials
+
+    if importlib.util.find_spec("c2pa") is None:
+        return None
+    folder = out / "credentials"
+    if not (folder / "signer.key").is_file():
+        create_test_credentials(folder)
+    return folder
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ __all__ = [
     "REDACTION_SEVERITY",
     "STEERING_STRENGTHS",
     "ClipSettings",
+    "DisclosureSettings",
     "Lock",
     "OpenClipSettings",
     "OutputSettings",
@@ -61,7 +62,7 @@ ON_BLOCK = ("raise", "return")
 REDACTIONS = ("withhold", "blur", "pixelate", "black", "flag", "raise")
 STEERING_STRENGTHS = ("weak", "medium", "strong", "max")
 #: Keyword overrides accepted by protect() and the check_* functions, next to ``preset`` and ``config``.
-OVERRIDES = ("prompt", "steering", "output", "on_block", "redaction", "image_model")
+OVERRIDES = ("prompt", "steering", "output", "on_block", "redaction", "image_model", "disclosure")
 
 # The schema of every layer: a layer may set any of these keys and no other.
 _DEFAULTS: dict[str, Any] = {
@@ -113,6 +114,12 @@ _DEFAULTS: dict[str, Any] = {
         "openclip": {"model": "ViT-L-14", "weights": None},
         "compvis": {"weights": None},
         "nudenet": {"min_score": 0.5, "min_skin": 0.1},
+    },
+    # Disclosure (safeguard.disclosure): an invisible watermark on every returned image.
+    "disclosure": {
+        "enabled": False,
+        # 0..65535, carried in the watermark next to the fixed marker: which deployment made the image.
+        "generator_id": 0,
     },
 }
 _THRESHOLD_KEYS = ("steer", "block")
@@ -190,6 +197,14 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class DisclosureSettings:
+    """The watermark on returned images: on or off, and the 16-bit generator id it carries."""
+
+    enabled: bool = False
+    generator_id: int = 0
+
+
+@dataclass(frozen=True)
 class Lock:
     """A setting its preset locks: ``bound`` is the preset's value, and later layers may only be stricter.
 
@@ -224,6 +239,7 @@ class Settings:
     output: OutputSettings
     layers: tuple[str, ...]
     locks: Mapping[str, Lock] = field(default_factory=dict)
+    disclosure: DisclosureSettings = field(default_factory=DisclosureSettings)
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -361,6 +377,9 @@ _LOCKABLE: dict[str, _Lockable] = {
     "output.clip.neutral_concepts": _Lockable(
         "concepts may be removed, not added", lambda s: s.output.clip.neutral_concepts, _subset
     ),
+    "disclosure.enabled": _Lockable(
+        "may be turned on, not off", lambda s: s.disclosure.enabled, _ranked((False, True))
+    ),
     "output.clip.minor_concepts": _Lockable(
         "concepts may be added, not removed", lambda s: s.output.clip.minor_concepts, _superset
     ),
@@ -470,9 +489,10 @@ def resolve_settings(
     ``preset:`` key or, failing that, ``balanced``. ``policy_categories`` are the category ids of the policy in
     use (``None``: the default policy's). A category id in the user layer outside them is an error; a preset's
     entry for a category of a bundled policy that the policy in use lacks is skipped. Overrides:
-    ``prompt``/``output`` (bool), ``steering`` (bool or a strength name), ``on_block``, ``redaction`` and
+    ``prompt``/``output`` (bool), ``steering`` (bool or a strength name), ``on_block``, ``redaction``,
     ``image_model`` (CLIP weights for the output stage: a folder, a cached hub id or a loaded model; never
-    copied). A user layer or override that weakens a setting the preset locks is an error.
+    copied) and ``disclosure`` (bool: the watermark on returned images). A user layer or override that weakens
+    a setting the preset locks is an error.
 
     Raises:
         ConfigError: unknown preset, unknown key or category in any layer, bad value, or a weakened lock.
@@ -603,6 +623,11 @@ def _apply_overrides(merged: dict[str, Any], overrides: Mapping[str, Any]) -> No
         merged["output"]["clip"]["weights"] = overrides["image_model"]
     if "redaction" in overrides:
         merged["output"]["redaction"] = overrides["redaction"]
+    if "disclosure" in overrides:
+        value = overrides["disclosure"]
+        if not isinstance(value, bool):
+            raise ConfigError(f"override disclosure= must be True or False, got {value!r}")
+        merged["disclosure"]["enabled"] = value
 
 
 def _thresholds(raw: Mapping[str, Any], where: str) -> Thresholds:
@@ -676,7 +701,18 @@ def _build(merged: dict[str, Any], preset: str, layers: tuple[str, ...]) -> Sett
             nudenet_min_skin=_unit(output["nudenet"]["min_skin"], "output.nudenet.min_skin"),
         ),
         layers=layers,
+        disclosure=_disclosure_settings(merged["disclosure"]),
     )
+
+
+def _disclosure_settings(raw: Mapping[str, Any]) -> DisclosureSettings:
+    generator_id = raw["generator_id"]
+    if isinstance(generator_id, bool) or not isinstance(generator_id, int) or not 0 <= generator_id <= 0xFFFF:
+        raise ConfigError(f"disclosure.generator_id must be an integer in 0..65535, got {generator_id!r}")
+    enabled = raw["enabled"]
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"disclosure.enabled must be true or false, got {enabled!r}")
+    return DisclosureSettings(enabled=enabled, generator_id=generator_id)
 
 
 def _unit(value: Any, name: str) -> float:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from safeguard.call_scope import Call, call_scope, current_call
+from safeguard.disclosure.marking import mark_images
 from safeguard.errors import ConfigError, ImageBlocked, InputError, PromptBlocked
 from safeguard.guard import Guard
 from safeguard.images import to_unit_tensors
@@ -139,6 +140,10 @@ class ProtectedPipeline:
         images = result.images if return_dict else result[0]
         nsfw = getattr(result, "nsfw_content_detected", None) if return_dict else _tuple_item(result, 1)
         images, image_verdicts = check.returned(images, _as_flags(nsfw, _count(images)))
+        if guard.settings.disclosure.enabled:
+            # After the output check and redaction: the mark goes on exactly what the call returns.
+            images, records = mark_images(images, guard.settings.disclosure)
+            image_verdicts = [replace(v, disclosure=r) for v, r in zip(image_verdicts, records, strict=True)]
         per_prompt = max(1, len(image_verdicts) // max(1, len(prompt_verdicts)))
         verdicts = [
             Verdict.combine([verdict, prompt_verdicts[min(i // per_prompt, len(prompt_verdicts) - 1)]])

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Any
@@ -89,7 +89,10 @@ class Finding:
 class Verdict:
     """The decision about one prompt or one image.
 
-    ``blocked`` is true when the action is block; ``flagged`` when it is anything but allow.
+    ``blocked`` is true when the action is block; ``flagged`` when it is anything but allow. ``disclosure`` is,
+    for a returned image with disclosure on, what was done about its watermark (see
+    :mod:`safeguard.disclosure.marking`): ``{"watermark": <hex word>, "generator_id": ...}`` or
+    ``{"watermark": None, "reason": ...}``; None otherwise.
     """
 
     action: Action
@@ -98,9 +101,12 @@ class Verdict:
     policy_id: str
     policy_version: str
     stages: tuple[str, ...] = field(default=())
+    disclosure: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "category_scores", MappingProxyType(dict(self.category_scores)))
+        if self.disclosure is not None:
+            object.__setattr__(self, "disclosure", MappingProxyType(dict(self.disclosure)))
 
     @property
     def blocked(self) -> bool:
@@ -190,9 +196,11 @@ class Verdict:
         stages = tuple(dict.fromkeys(s for v in verdicts for s in v.stages))
         findings = tuple(f for v in verdicts for f in v.findings)
         first = verdicts[0]
-        return cls.from_findings(
+        combined = cls.from_findings(
             findings, scores, policy_id=first.policy_id, policy_version=first.policy_version, stages=stages
         )
+        disclosure = next((v.disclosure for v in verdicts if v.disclosure is not None), None)
+        return combined if disclosure is None else replace(combined, disclosure=disclosure)
 
     def to_dict(self) -> dict[str, Any]:
         """A moderation-style record: ``flagged``, ``categories``, ``category_scores`` and the details."""
@@ -205,6 +213,7 @@ class Verdict:
             "findings": [f.to_dict() for f in self.findings],
             "policy": {"id": self.policy_id, "version": self.policy_version},
             "stages": list(self.stages),
+            "disclosure": None if self.disclosure is None else dict(self.disclosure),
         }
 
     def __str__(self) -> str:

@@ -21,3 +21,9 @@ echo "==> installing diffusers-safeguard${1:-}"
 # wheel. open_clip itself needs torchvision, which these CPU machines cannot have, so only the wheel's files are
 # installed, without its dependencies (pip check will complain about that; nothing here relies on pip check).
 "${pip[@]}" install --no-deps "open-clip-torch>=2.24"
+# invisible-watermark is the reference the disclosure watermark is checked against (tests, scripts/eval_watermark.py).
+# It requires opencv-python, which the constraints forbid; cv2 comes from opencv-python-headless, and its other
+# dependencies (PyWavelets, onnxruntime, torch, Pillow, numpy) are installed above, so it goes in without them.
+if [[ "${1:-}" == *dev* ]]; then
+  "${pip[@]}" install --no-deps "invisible-watermark==0.2.0"
+fi

@@ -46,4 +46,8 @@ def test_demo_writes_images_and_verdicts(tmp_path, capsys):
     records = json.loads((tmp_path / "verdicts.json").read_text())
     assert [r.get("blocked", False) for r in records] == [False, True]
     assert (tmp_path / "allowed.png").is_file()
-    assert str(tmp_path.resolve()) in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert str(tmp_path.resolve()) in printed
+    # The saved image says it was generated: watermark, and credentials signed by the demo's test CA.
+    assert "[allowed] disclosure: watermark found (generator id 0), content credentials trusted" in printed
+    assert records[0]["verdict"]["disclosure"]["watermark"]

@@ -40,7 +40,8 @@ def test_explicit_sexual_prompt_raises_before_any_denoiser_step(make_pipeline):
 def test_benign_prompt_output_is_identical_to_the_unprotected_pipeline(make_pipeline, output_type):
     pipe = make_pipeline()
     plain = _run(pipe, "a watercolor painting of a lighthouse at dawn", output_type=output_type).images
-    guarded = safeguard.protect(pipe)
+    # The promise holds with disclosure off; with it on, images differ by the watermark (tests/test_disclosure.py).
+    guarded = safeguard.protect(pipe, disclosure=False)
     out = _run(guarded, "a watercolor painting of a lighthouse at dawn", output_type=output_type)
     if output_type == "pil":
         assert all(isinstance(i, Image.Image) for i in out.images)
@@ -201,7 +202,7 @@ def test_img2img_pipelines_are_protected_too():
     pipe = StableDiffusionImg2ImgPipeline(**tiny.sd_pipeline().components)
     init = Image.new("RGB", (64, 64), (120, 80, 200))
     plain = pipe("a lighthouse", image=init, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
-    guarded = safeguard.protect(pipe)
+    guarded = safeguard.protect(pipe, disclosure=False)  # bit-identity holds with the watermark off
     out = guarded("a lighthouse", image=init, num_inference_steps=4, generator=torch.Generator().manual_seed(0))
     assert np.array_equal(np.asarray(out.images[0]), np.asarray(plain.images[0]))
     with count_denoiser_calls(pipe) as calls, pytest.raises(PromptBlocked):

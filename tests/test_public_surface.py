@@ -31,7 +31,9 @@ def test_all_is_pinned():
             "load_policy",
             "protect",
             "resolve_settings",
+            "save",
             "unprotect",
+            "verify",
         ]
     )
     for name in safeguard.__all__:
