@@ -165,3 +165,37 @@ def test_cli_init_and_verify(generated, tmp_path, capsys):
     assert [r["disclosed"] for r in rows] == [True, False]
     assert main(["verify", str(tmp_path / "missing.png")]) == EXIT_ERROR
 
+
+def test_the_host_service_signs_what_it_returns(credentials, tmp_path):
+    import base64
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from safeguard.server.app import create_app
+    from safeguard.server.keys import KeyStore
+    from safeguard.server.settings import server_settings_from_mapping
+
+    _, token = KeyStore(tmp_path / "keys.json").add("host", "balanced", rate_per_minute=1000)
+    base = {"keys": str(tmp_path / "keys.json"), "audit": {"path": str(tmp_path / "audit.jsonl")}}
+    body = {"prompt": "a blue square", "steps": 2, "width": 64, "height": 64}
+    replies = {}
+    for name, extra in (("signed", {"credentials": str(credentials)}), ("plain", {})):
+        with TestClient(create_app(server_settings_from_mapping({**base, **extra}))) as client:
+            response = client.post("/v1/images/generations", json=body, headers={"Authorization": f"Bearer {token}"})
+            assert response.status_code == 200, response.text
+            replies[name] = response.json()["data"][0]
+    for name, item in replies.items():
+        png = tmp_path / f"{name}.png"
+        png.write_bytes(base64.b64decode(item["b64_json"]))
+        report = safeguard.verify(png, trust_anchors=credentials / "ca.pem")
+        assert report.watermark.found and report.digital_source_type == TRAINED_ALGORITHMIC_MEDIA
+        assert item["verdict"]["disclosure"]["watermark"] == report.watermark.payload.hex()
+        if name == "signed":
+            assert report.manifest.state == "trusted" and report.watermark_matches_manifest is True
+            assert report.manifest.assertion["policy"]["id"] == "toy-colours"
+        else:
+            assert report.manifest.state == "absent"
+    # Credentials that cannot be read stop the service at start-up, not at the first image.
+    with pytest.raises(ConfigError, match=r"signer-chain\.pem is missing"):
+        create_app(server_settings_from_mapping({**base, "credentials": str(tmp_path)}))

@@ -24,6 +24,7 @@ import uuid
 from collections import defaultdict, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from fastapi import FastAPI, Request
@@ -34,6 +35,9 @@ from starlette.concurrency import run_in_threadpool
 
 import safeguard
 from safeguard.config import resolve_settings
+from safeguard.disclosure.credentials import Credentials
+from safeguard.disclosure.manifest import load_c2pa, sign_png_bytes
+from safeguard.disclosure.metadata import encode_image
 from safeguard.errors import ConfigError, ContentBlocked, InputError
 from safeguard.server.audit import AuditLog
 from safeguard.server.keys import ApiKey, KeyStore
@@ -73,6 +77,7 @@ def _verdict_record(verdict: Verdict) -> dict[str, Any]:
         "findings": _findings(verdict),
         "policy_id": verdict.policy_id,
         "policy_version": verdict.policy_version,
+        "disclosure": None if verdict.disclosure is None else dict(verdict.disclosure),
     }
 
 
@@ -273,6 +278,8 @@ class _Service:
         self.metrics = _Metrics()
         self.rate = _RateLimiter()
         self.backend = backend
+        # Loaded once, so that a host with broken credentials finds out at start-up, not on the first image.
+        self.credentials = None if settings.credentials is None else _load_credentials(settings.credentials)
         self.admitted = 0
         self._admit_lock = threading.Lock()
 
@@ -314,6 +321,18 @@ def _toggles(body: dict[str, Any], key: ApiKey) -> dict[str, Any]:
             ) from err
         out[name] = value
     return out
+
+
+def _load_credentials(folder: Path) -> Credentials:
+    load_c2pa()
+    return Credentials.load(folder)
+
+
+def _encoded_png(image: Image.Image, verdict: Verdict, credentials: Credentials | None) -> bytes:
+    """The PNG returned for ``image``: with the IPTC digital source type, and signed content credentials given
+    ``credentials``."""
+    png = encode_image(image, "png")
+    return png if credentials is None else sign_png_bytes(png, verdict, credentials)
 
 
 def _decode_image(url: Any, where: str, max_pixels: int) -> tuple[Image.Image, bytes]:
@@ -574,9 +593,7 @@ def create_app(
                 entry.update(b64_json=None, finish_reason="CONTENT_FILTERED", filter_stage=stage or "output")
                 hashes.append(None)
             else:
-                buf = io.BytesIO()
-                image.save(buf, format="PNG")
-                png = buf.getvalue()
+                png = await run_in_threadpool(_encoded_png, image, verdict, svc.credentials)
                 hashes.append(_sha(png))
                 entry.update(b64_json=base64.b64encode(png).decode(), finish_reason="SUCCESS", filter_stage=None)
             data.append(entry)

@@ -32,6 +32,9 @@ def add_commands(subparsers: Any) -> None:
     serve = subparsers.add_parser("serve", help="run the host service (HTTP API: moderation, generation, metrics)")
     serve.add_argument("--config", type=Path, default=None, help="server settings YAML (default: built-in defaults)")
     serve.add_argument("--pipeline", type=Path, default=None, help="local diffusers folder (default: the toy world)")
+    serve.add_argument(
+        "--credentials", type=Path, default=None, help="C2PA credentials folder: sign every returned PNG"
+    )
     serve.add_argument("--host", default=None, help="address to listen on (overrides the settings file)")
     serve.add_argument("--port", type=int, default=None, help="port to listen on (overrides the settings file)")
     ray = serve.add_argument_group("Ray Serve (pip install 'diffusers-safeguard[server,ray]')")
@@ -69,7 +72,9 @@ def _run_serve(args: argparse.Namespace) -> int:
     from safeguard.server.app import serve
     from safeguard.server.settings import load_server_settings
 
-    settings = load_server_settings(args.config, host=args.host, port=args.port, pipeline=args.pipeline)
+    settings = load_server_settings(
+        args.config, host=args.host, port=args.port, pipeline=args.pipeline, credentials=args.credentials
+    )
     if args.ray:
         from safeguard.server.ray_app import run_ray
 

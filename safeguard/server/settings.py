@@ -13,6 +13,9 @@ Every option, with its default (``configs/server/example.yaml`` is the same list
   ``queue_size`` (16 requests waiting for the pipeline), ``deadline_s`` (120 s per request).
 - ``pipeline`` (``null``): ``null`` is the embedded toy world; otherwise a local diffusers folder, loaded with
   ``DiffusionPipeline.from_pretrained(folder, local_files_only=True)``.
+- ``credentials`` (``null``): a C2PA credentials folder (``signer-chain.pem`` and ``signer.key``, the host's own or
+  from ``safeguard credentials init``). With it, every returned PNG carries signed content credentials with its
+  verdict; without it, PNGs carry the IPTC digital source type only. Needs the ``disclosure`` extra.
 
 Example:
     >>> s = server_settings_from_mapping({"port": 0, "limits": {"queue_size": 1}})
@@ -66,9 +69,10 @@ class ServerSettings:
     audit: AuditSettings = field(default_factory=AuditSettings)
     limits: Limits = field(default_factory=Limits)
     pipeline: Path | None = None
+    credentials: Path | None = None
 
 
-_TOP = {"host", "port", "keys", "audit", "limits", "pipeline"}
+_TOP = {"host", "port", "keys", "audit", "limits", "pipeline", "credentials"}
 _AUDIT = {"path", "max_bytes", "store_prompt_text"}
 _LIMITS = {f for f in Limits.__dataclass_fields__}
 
@@ -150,6 +154,7 @@ def server_settings_from_mapping(data: dict[str, Any] | None, base: Path | None 
         audit=audit,
         limits=limits,
         pipeline=path(data.get("pipeline"), "pipeline"),
+        credentials=path(data.get("credentials"), "credentials"),
     )
 
 
@@ -176,5 +181,6 @@ def load_server_settings(path: str | Path | None = None, **overrides: Any) -> Se
     unknown = set(overrides) - _TOP
     if unknown:
         raise ConfigError(f"unknown server setting override(s): {', '.join(sorted(unknown))}")
-    given = {k: (Path(v) if k in {"keys", "pipeline"} else v) for k, v in overrides.items() if v is not None}
+    paths = {"keys", "pipeline", "credentials"}
+    given = {k: (Path(v) if k in paths else v) for k, v in overrides.items() if v is not None}
     return replace(settings, **given)
