@@ -20,6 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from safeguard.errors import InputError, SafeguardError
 
@@ -144,56 +145,39 @@ def _run_policy(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import torch
+    from safeguard.demo import run_demo
 
-    import safeguard
-    from safeguard.testing import tiny
-
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    pipe = safeguard.protect(tiny.sd_pipeline())
-    print(f"protected {type(pipe.pipeline).__name__} (tiny, random weights): {pipe!r}")
-    records = []
-    for name, prompt in (("allowed", "a watercolor painting of a lighthouse at dawn"), ("blocked", "a pipe bomb")):
-        generator = torch.Generator().manual_seed(0)
-        try:
-            result = pipe(prompt, num_inference_steps=4, generator=generator)
-        except safeguard.PromptBlocked as blocked:
-            print(f"[{name}] {prompt!r}: blocked before denoising -> {blocked.verdict}")
-            records.append({"prompt": prompt, "blocked": True, "verdict": blocked.verdict.to_dict()})
-            continue
-        path = out / f"{name}.png"
-        credentials = _demo_credentials(out)
-        safeguard.save(result.images[0], path, verdict=result.verdicts[0], credentials=credentials)
-        print(f"[{name}] {prompt!r}: {result.verdicts[0]} -> {path}")
-        anchor = None if credentials is None else credentials / "ca.pem"
-        report = safeguard.verify(path, trust_anchors=anchor)
-        payload = report.watermark.payload
-        print(
-            f"[{name}] disclosure: watermark {'found' if report.watermark.found else 'NOT found'}"
-            f"{f' (generator id {payload.generator_id})' if payload else ''}, content credentials "
-            f"{report.manifest.state}"
-            + ("" if credentials else " (pip install 'diffusers-safeguard[disclosure]' to sign them)")
-        )
-        records.append({"prompt": prompt, "image": str(path), "verdict": result.verdicts[0].to_dict()})
-    verdicts_path = out / "verdicts.json"
-    verdicts_path.write_text(json.dumps(records, indent=2, ensure_ascii=False), encoding="utf-8")
-    print(f"wrote images and verdicts to {out.resolve()} (verdicts: {verdicts_path})")
+    result = run_demo(args.out)
+    for item in result.items:
+        verdict = item.verdict
+        summary = "" if verdict is None else f" ({verdict['action']}{_finding_summary(verdict)})"
+        where = f" -> {item.path}" if item.path else ""
+        print(f"[{item.row}] {item.prompt!r}: {item.outcome}{summary}{where}")
+    marks = {
+        str(i.verdict["disclosure"].get("reason") or "marked")
+        for i in result.items
+        if i.verdict and i.verdict.get("disclosure")
+    }
+    if marks:
+        print(f"watermark: {'; '.join(sorted(marks))}")
+    if result.credentials is None:
+        print("content credentials: not signed (pip install 'diffusers-safeguard[disclosure]' to sign them)")
+    else:
+        print(f"content credentials: signed by a local test CA ({result.credentials / 'ca.pem'})")
+    print(f"contact sheet: {result.sheet.resolve()} (frames: green allowed, blue steered, red blocked and redacted,")
+    print("  dark grey blocked before denoising, light grey the unprotected pipeline)")
+    print(f"wrote images and verdicts to {args.out.resolve()} (verdicts: {result.verdicts})")
     return EXIT_ALLOWED
 
 
-def _demo_credentials(out: Path) -> Path | None:
-    """A test CA and signer under ``out/credentials`` when c2pa-python is installed (the disclosure extra)."""
-    import importlib.util
-
-    from safeguard.disclosure import create_test_credentials
-
-    if importlib.util.find_spec("c2pa") is None:
-        return None
-    folder = out / "credentials"
-    if not (folder / "signer.key").is_file():
-        create_test_credentials(folder)
-    return folder
+def _finding_summary(verdict: dict[str, Any]) -> str:
+    findings = verdict.get("findings") or []
+    if not findings:
+        return ""
+    first = findings[0]
+    return (
+        f": {first['category']} {first['score']:.2f} >= {first['threshold']:.2f} [{first['stage']}/{first['source']}]"
+    )
 
 
 if __name__ == "__main__":

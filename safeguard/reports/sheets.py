@@ -25,6 +25,8 @@ FRAMES = {
     "flagged": (255, 127, 14),
     "blocked": (214, 39, 40),
     "prompt blocked": (90, 90, 90),
+    "steered": (31, 119, 180),
+    "unprotected": (190, 190, 190),
 }
 
 
