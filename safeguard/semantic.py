@@ -13,8 +13,10 @@ Three encoders, three speeds:
   microseconds a prompt, so it serves as the cheap first pass that settles most prompts; the student only sees
   prompts whose static score lies near a decision threshold.
 
-The static table (about a minute on two cores) and the ONNX exports (seconds) are built on first use and cached
-under ``$XDG_CACHE_HOME/safeguard`` (default ``~/.cache/safeguard``), keyed by the weights' checksums.
+The static table and the ONNX exports (about 30 s together on two cores, 104 MB) are built on first use, said in
+one line on stderr (the ``safeguard`` logger), and cached under ``$XDG_CACHE_HOME/safeguard`` (default
+``~/.cache/safeguard``), keyed by the weights' checksums. A cache folder that cannot be written (a read-only
+container) is still read; what is missing is built into a temporary folder for the process, said once.
 
 Example:
     >>> enc = StaticMiniLMEncoder.load()
@@ -28,9 +30,10 @@ import copy
 import functools
 import hashlib
 import importlib.resources
+import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -53,6 +56,8 @@ __all__ = [
     "student_model",
     "tokenize",
 ]
+
+_log = logging.getLogger("safeguard")
 
 DIMENSION = 384
 #: Name of the ONNX export recipe; change it whenever :func:`_build_onnx` changes what the graph computes.
@@ -210,9 +215,9 @@ class OnnxMiniLMEncoder:
     @functools.lru_cache(maxsize=1)
     def load(cls) -> OnnxMiniLMEncoder:
         """The six-layer MiniLM, loaded once per process (exported on first use)."""
-        path = _onnx_path(ONNX_RECIPE)
-        if not path.is_file():
-            _build_onnx(path, MiniLMEncoder.load().model)
+        path = _cached_file(
+            _onnx_name(ONNX_RECIPE), "the MiniLM ONNX graph", lambda p: _build_onnx(p, MiniLMEncoder.load().model)
+        )
         return cls(_session(path), ONNX_RECIPE, MAX_TOKENS)
 
     @classmethod
@@ -225,9 +230,11 @@ class OnnxMiniLMEncoder:
             raise ConfigError(f"{STUDENT_PATH} is missing; run scripts/distil_minilm.py")
         digest = hashlib.sha256(STUDENT_PATH.read_bytes()).hexdigest()[:16]
         name = f"minilm-student{STUDENT_LAYERS}-{STUDENT_MAX_TOKENS}tok-{digest}"
-        path = _onnx_path(name)
-        if not path.is_file():
-            _build_onnx(path, student_model(MiniLMEncoder.load().model, load_file(str(STUDENT_PATH))))
+        path = _cached_file(
+            _onnx_name(name),
+            "the prompt stage's MiniLM student (ONNX)",
+            lambda p: _build_onnx(p, student_model(MiniLMEncoder.load().model, load_file(str(STUDENT_PATH)))),
+        )
         return cls(_session(path), name, STUDENT_MAX_TOKENS)
 
     def encode(self, texts: Sequence[str], batch_size: int = 16) -> np.ndarray:
@@ -282,9 +289,7 @@ class StaticMiniLMEncoder:
     @functools.lru_cache(maxsize=1)
     def load(cls) -> StaticMiniLMEncoder:
         """Load the cached table, building it from the bundled model on first use."""
-        path = _table_path()
-        if not path.is_file():
-            _write_atomic(path, _build_table())
+        path = _cached_file(_table_name(), "the static MiniLM table", lambda p: _write_atomic(p, _build_table()))
         return cls(np.load(path))
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -305,20 +310,63 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "safeguard"
 
 
+def _cached_file(name: str, what: str, build: Callable[[Path], None]) -> Path:
+    """The cache file ``name``: read where it is, else built by ``build(path)`` first (said on stderr)."""
+    preferred = cache_dir() / name
+    if preferred.is_file():
+        return preferred
+    folder = _writable_cache_dir(cache_dir())
+    path = folder / name
+    if not path.is_file():
+        _announce_first_use(folder)
+        _log.info("safeguard: building %s in %s", what, folder)
+        build(path)
+    return path
+
+
+@functools.cache
+def _announce_first_use(folder: Path) -> None:
+    # One line per process, so a first call that takes half a minute is never silent.
+    _log.warning(
+        "safeguard: preparing the prompt stage's models on first use (about 30 s on 2 CPU cores, 104 MB), cached in %s",
+        folder,
+    )
+
+
+@functools.cache
+def _writable_cache_dir(preferred: Path) -> Path:
+    """``preferred`` when files can be created in it; otherwise a temporary folder for this process, said once."""
+    try:
+        preferred.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=preferred):
+            pass
+        return preferred
+    except OSError as err:
+        fallback = Path(tempfile.mkdtemp(prefix="safeguard-cache-"))
+        _log.warning(
+            "safeguard: cannot write the cache folder %s (%s); building into %s for this process only. Set "
+            "XDG_CACHE_HOME to a writable folder to keep it between runs.",
+            preferred,
+            err.strerror or err,
+            fallback,
+        )
+        return fallback
+
+
 @functools.lru_cache(maxsize=1)
 def _model_digest() -> str:
     return hashlib.sha256((model_dir() / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
-def _table_path() -> Path:
-    return cache_dir() / f"minilm-static-{_model_digest()}.npy"
+def _table_name() -> str:
+    return f"minilm-static-{_model_digest()}.npy"
 
 
-def _onnx_path(recipe: str) -> Path:
+def _onnx_name(recipe: str) -> str:
     import onnxruntime
 
     versions = f"torch{torch.__version__}-ort{onnxruntime.__version__}".replace("+", "_")
-    return cache_dir() / f"{recipe}-{_model_digest()}-{versions}.onnx"
+    return f"{recipe}-{_model_digest()}-{versions}.onnx"
 
 
 def _build_onnx(path: Path, model: torch.nn.Module) -> None:

@@ -118,3 +118,35 @@ def test_a_policy_without_calibration_gets_no_semantic_stage(tmp_path):
     assert SemanticPromptStage.for_policy(load_policy(path), resolve_settings().prompt) is None
     guard_stages = safeguard.guard.Guard.create(path).prompt_stages
     assert [s.name for s in guard_stages] == ["keywords"]
+
+
+def test_first_use_is_said_and_an_unwritable_cache_folder_falls_back(tmp_path, monkeypatch, caplog):
+    from safeguard import semantic
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))  # nothing can be created under a file
+    semantic._writable_cache_dir.cache_clear()
+    semantic._announce_first_use.cache_clear()
+    built = []
+
+    def build(path):
+        path.write_bytes(b"built")
+        built.append(path)
+
+    with caplog.at_level("WARNING", logger="safeguard"):
+        first = semantic._cached_file("thing.bin", "a thing", build)
+        again = semantic._cached_file("thing.bin", "a thing", build)
+    assert first == again and first.read_bytes() == b"built" and len(built) == 1
+    assert not str(first).startswith(str(blocker))
+    said = " ".join(caplog.messages)
+    assert f"cannot write the cache folder {blocker / 'cache' / 'safeguard'}" in said and "XDG_CACHE_HOME" in said
+    assert said.count("preparing the prompt stage's models on first use") == 1
+    # A cache folder that already holds the file is read as it is, writable or not, and nothing is said.
+    ready = tmp_path / "ready" / "safeguard"
+    ready.mkdir(parents=True)
+    (ready / "thing.bin").write_bytes(b"shipped")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "ready"))
+    caplog.clear()
+    assert semantic._cached_file("thing.bin", "a thing", build).read_bytes() == b"shipped"
+    assert len(built) == 1 and not caplog.messages
