@@ -37,6 +37,7 @@ from safeguard.errors import ConfigError
 from safeguard.policy import DEFAULT_POLICY, available_policies, load_policy
 
 __all__ = [
+    "CALL_TOGGLES",
     "DEFAULT_PRESET",
     "LOCKABLE",
     "ON_BLOCK",
@@ -63,6 +64,8 @@ REDACTIONS = ("withhold", "blur", "pixelate", "black", "flag", "raise")
 STEERING_STRENGTHS = ("weak", "medium", "strong", "max")
 #: Keyword overrides accepted by protect() and the check_* functions, next to ``preset`` and ``config``.
 OVERRIDES = ("prompt", "steering", "output", "on_block", "redaction", "image_model", "disclosure")
+#: The overrides a protected call may also take per call, as ``pipe(..., safeguard={...})``, where the preset allows.
+CALL_TOGGLES = ("prompt", "steering", "output", "on_block", "redaction", "disclosure")
 
 # The schema of every layer: a layer may set any of these keys and no other.
 _DEFAULTS: dict[str, Any] = {

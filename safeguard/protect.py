@@ -8,6 +8,10 @@ intercepted ``postprocess`` produced: any other image (a pipeline that decodes i
 processor, an image edited afterwards) is checked on the way out, or withheld with a ``stage_failure``
 finding when it cannot be read. Calls that share a denoiser run one at a time (:mod:`safeguard.call_scope`).
 
+A call may toggle stages for itself with one ``safeguard=`` mapping (keys :data:`safeguard.config.CALL_TOGGLES`),
+layered over the wrapper's settings exactly like ``protect()``'s keywords, so a preset's locks refuse it with
+``ConfigError`` just the same: ``pipe("a lighthouse", safeguard={"output": False})`` under ``research``.
+
 Example:
     >>> import safeguard
     >>> from safeguard.testing import tiny
@@ -20,7 +24,8 @@ Example:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +36,7 @@ import torch
 from diffusers.utils import BaseOutput
 
 from safeguard.call_scope import Call, call_scope, current_call
+from safeguard.config import CALL_TOGGLES
 from safeguard.disclosure.marking import mark_images
 from safeguard.errors import ConfigError, ImageBlocked, InputError, PromptBlocked
 from safeguard.guard import Guard
@@ -66,11 +72,15 @@ class ProtectedPipelineOutput(BaseOutput):
 class ProtectedPipeline:
     """A diffusers pipeline with safeguard's stages around each call. Create it with :func:`protect`."""
 
-    def __init__(self, pipeline: Any, guard: Guard, spec: PipelineSpec) -> None:
+    def __init__(self, pipeline: Any, guard: Guard, spec: PipelineSpec, layers: _Layers) -> None:
         object.__setattr__(self, "_pipeline", pipeline)
         object.__setattr__(self, "_guard", guard)
         object.__setattr__(self, "_spec", spec)
         object.__setattr__(self, "_signature", _call_signature(pipeline))
+        object.__setattr__(self, "_layers", layers)
+        # Guards for the per-call toggle sets seen so far; few distinct sets exist (booleans and names).
+        object.__setattr__(self, "_call_guards", {})
+        object.__setattr__(self, "_call_guards_lock", threading.Lock())
 
     # -- attribute pass-through ------------------------------------------------------------------------
     @property
@@ -103,19 +113,47 @@ class ProtectedPipeline:
         """Move the pipeline (``pipe.to(...)``) and the image checker with it; returns the wrapper."""
         self._pipeline.to(*args, **kwargs)
         self._guard.to(self._pipeline.device)
+        with self._call_guards_lock:
+            self._call_guards.clear()  # rebuilt on the new device when next asked for
         return self
 
+    def _guard_for(self, toggles: Any) -> Guard:
+        """The guard for one call: the wrapper's own, or one with the call's ``safeguard=`` toggles layered on."""
+        if toggles is None:
+            return self._guard
+        if not isinstance(toggles, Mapping):
+            raise ConfigError(f"safeguard= takes a mapping of stage toggles, got {type(toggles).__name__}")
+        unknown = sorted(set(toggles) - set(CALL_TOGGLES))
+        if unknown:
+            raise ConfigError(
+                f"unknown safeguard= toggle(s) {', '.join(map(repr, unknown))}; known: {', '.join(CALL_TOGGLES)}"
+            )
+        if not toggles:
+            return self._guard
+        key = tuple(sorted((name, type(value).__name__, repr(value)) for name, value in toggles.items()))
+        with self._call_guards_lock:
+            guard = self._call_guards.get(key)
+            if guard is None:
+                layers = self._layers
+                guard = Guard.create(
+                    self._guard.policy, layers.preset, layers.config, **{**layers.overrides, **toggles}
+                )
+                guard.to(self._pipeline.device)
+                guard.attach_pipeline(self._pipeline)
+                self._call_guards[key] = guard
+        return guard
+
     # -- the call --------------------------------------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: Any, safeguard: Mapping[str, Any] | None = None, **kwargs: Any) -> Any:
+        guard = self._guard_for(safeguard)
         bound = self._signature.bind(*args, **kwargs)
         arguments = {**_defaults(self._signature), **bound.arguments}
-        guard = self._guard
         return_dict = arguments.get("return_dict", True)
 
         # Calls that share this denoiser run one at a time (see safeguard.call_scope), prompt check included:
         # the prompt stage may use the pipeline's own text encoder.
         with call_scope(getattr(self._pipeline, self._spec.denoiser)) as call:
-            prompt_verdicts = self._check_prompts(arguments)
+            prompt_verdicts = self._check_prompts(guard, arguments)
             blocked = [v for v in prompt_verdicts if v.blocked]
             if blocked:
                 combined = Verdict.combine(blocked)
@@ -151,8 +189,7 @@ class ProtectedPipeline:
         ]
         return self._finish(images, verdicts, prompt_verdicts, nsfw, return_dict)
 
-    def _check_prompts(self, arguments: dict[str, Any]) -> list[Verdict]:
-        guard = self._guard
+    def _check_prompts(self, guard: Guard, arguments: dict[str, Any]) -> list[Verdict]:
         prompt = arguments.get("prompt")
         if not guard.settings.accept_prompt_embeds:
             _refuse_embeds(arguments, guard.settings.preset)
@@ -431,6 +468,15 @@ def _refuse_embeds(arguments: dict[str, Any], preset: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Layers:
+    """The settings layers a wrapper was made with, for the guards of calls that add their own toggles."""
+
+    preset: str | Path | None
+    config: str | Path | dict[str, Any] | None
+    overrides: dict[str, Any]
+
+
 def _call_signature(pipeline: Any) -> inspect.Signature:
     """The signature that names the call's arguments: a subclass whose ``__call__`` takes ``*args, **kwargs``
     hands them to a base class's call, whose signature says where the prompt is."""
@@ -490,7 +536,7 @@ def protect(
     guard = Guard.create(policy, preset, config, **overrides)
     guard.to(pipe.device)
     guard.attach_pipeline(pipe)
-    return ProtectedPipeline(pipe, guard, spec)
+    return ProtectedPipeline(pipe, guard, spec, _Layers(preset, config, dict(overrides)))
 
 
 def unprotect(guarded: ProtectedPipeline) -> Any:

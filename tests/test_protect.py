@@ -208,3 +208,58 @@ def test_img2img_pipelines_are_protected_too():
     with count_denoiser_calls(pipe) as calls, pytest.raises(PromptBlocked):
         guarded("a pipe bomb", image=init, num_inference_steps=4)
     assert calls[0] == 0
+
+
+# -- per-call toggles ----------------------------------------------------------------------------------
+def test_per_call_toggles_switch_stages_for_one_call_where_the_preset_allows(make_pipeline):
+    pipe = make_pipeline()
+    guarded = safeguard.protect(pipe, preset="research")
+    plain = _run(pipe, "a watercolor painting of a lighthouse", output_type="np").images
+    off = _run(
+        guarded,
+        "a watercolor painting of a lighthouse",
+        output_type="np",
+        safeguard={"prompt": False, "steering": False, "output": False},
+    )
+    assert np.array_equal(off.images, plain) and off.verdicts[0].stages == ("locked",)  # the locked rule runs
+    only_output = _run(guarded, "a watercolor painting", output_type="np", safeguard={"prompt": False})
+    assert set(only_output.verdicts[0].stages) == {"locked", "output"}
+    # The toggles were for that call alone: the next call has every stage of the preset again.
+    stages = set(_run(guarded, "a watercolor painting", output_type="np").verdicts[0].stages)
+    assert {"prompt", "output"} <= stages
+    # A prompt the prompt stage blocks goes through with the stage off for the call (the locked rule still runs).
+    with pytest.raises(PromptBlocked):
+        _run(guarded, "a pipe bomb on a workbench", output_type="np")
+    assert not _run(
+        guarded, "a pipe bomb on a workbench", output_type="np", safeguard={"prompt": False}
+    ).verdicts[0].blocked
+    with pytest.raises(PromptBlocked) as locked:
+        _run(guarded, "a naked child", output_type="np", safeguard={"prompt": False})
+    assert locked.value.verdict.locked
+
+
+def test_per_call_toggles_are_refused_where_the_preset_locks_them(make_pipeline):
+    guarded = safeguard.protect(make_pipeline(), preset="strict")
+    for toggles, locked in (
+        ({"output": False}, "output.enabled"),
+        ({"prompt": False}, "prompt.enabled"),
+        ({"redaction": "flag"}, "output.redaction"),
+        ({"disclosure": False}, "disclosure.enabled"),
+        ({"on_block": "return"}, "on_block"),
+    ):
+        with pytest.raises(ConfigError, match=locked.replace(".", r"\.")):
+            _run(guarded, "a watercolor painting", safeguard=toggles)
+    # Stricter is fine: strict already blurs nothing (withhold); raise is stricter still.
+    assert _run(guarded, "a watercolor painting", safeguard={"redaction": "raise"}).verdicts[0].action.value == "allow"
+
+
+def test_per_call_toggles_reject_unknown_names_and_wrong_shapes(make_pipeline):
+    guarded = safeguard.protect(make_pipeline(), preset="research")
+    with pytest.raises(ConfigError, match=r"unknown safeguard= toggle\(s\) 'ouput'; known: prompt"):
+        _run(guarded, "a lighthouse", safeguard={"ouput": False})
+    with pytest.raises(ConfigError, match="image_model"):
+        _run(guarded, "a lighthouse", safeguard={"image_model": "/models/clip"})
+    with pytest.raises(ConfigError, match="takes a mapping"):
+        _run(guarded, "a lighthouse", safeguard=["output"])
+    with pytest.raises(ConfigError, match="output"):
+        _run(guarded, "a lighthouse", safeguard={"output": "no"})
