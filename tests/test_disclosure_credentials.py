@@ -199,3 +199,22 @@ def test_the_host_service_signs_what_it_returns(credentials, tmp_path):
     # Credentials that cannot be read stop the service at start-up, not at the first image.
     with pytest.raises(ConfigError, match=r"signer-chain\.pem is missing"):
         create_app(server_settings_from_mapping({**base, "credentials": str(tmp_path)}))
+
+
+def test_without_the_disclosure_extra_verify_still_reads_the_watermark(generated, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    # The package exports the function verify under the submodule's name; the module itself is in sys.modules.
+    verify_module = importlib.import_module("safeguard.disclosure.verify")
+    image, verdict = generated
+    saved = safeguard.save(image, tmp_path / "plain.png", verdict=verdict)
+    monkeypatch.setattr(verify_module, "c2pa_available", lambda: False)
+    report = safeguard.verify(saved.path)
+    assert report.manifest.state == "unchecked" and "diffusers-safeguard[disclosure]" in report.manifest.failures[0]
+    assert report.watermark.found and report.disclosed
+    assert main(["verify", str(saved.path)]) == EXIT_ALLOWED
+    assert "unchecked" in capsys.readouterr().out
+    # Making test credentials without cryptography is a clear error naming the extra, not a traceback.
+    monkeypatch.setitem(__import__("sys").modules, "cryptography", None)
+    assert main(["credentials", "init", str(tmp_path / "creds")]) == EXIT_ERROR
+    assert "pip install 'diffusers-safeguard[disclosure]'" in capsys.readouterr().err

@@ -198,3 +198,15 @@ def test_cli_keys_errors_exit_2_with_the_reason(keys_path: Path, capsys: pytest.
     assert code == cli.EXIT_ERROR and "unknown preset 'nope'" in err
     code, _, err = _run(capsys, "keys", "revoke", "--keys", str(keys_path), "0123456789abcdef")
     assert code == cli.EXIT_ERROR and "no key with id '0123456789abcdef'" in err
+
+
+def test_serve_without_the_server_extra_names_it(monkeypatch, capsys):
+    import importlib.util
+
+    from safeguard.cli import EXIT_ERROR, main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "fastapi" else real(name, *a))
+    assert main(["serve"]) == EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "needs fastapi" in err and "pip install 'diffusers-safeguard[server]'" in err

@@ -67,10 +67,13 @@ def create_test_credentials(folder: str | Path, *, overwrite: bool = False) -> P
     Raises:
         ConfigError: ``folder`` already holds credentials and ``overwrite`` is false.
     """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    except ImportError as err:
+        raise ConfigError("test credentials need cryptography: pip install 'diffusers-safeguard[disclosure]'") from err
 
     folder = Path(folder)
     existing = [name for name in (CA_FILE, CHAIN_FILE, KEY_FILE) if (folder / name).exists()]

@@ -40,11 +40,14 @@ from safeguard.disclosure.watermark import Detection
 from safeguard.errors import ConfigError, InputError
 from safeguard.verdict import Verdict
 
-__all__ = ["ASSERTION_LABEL", "MANIFEST_STATES", "ManifestCheck", "disclosure_assertion", "load_c2pa",
-           "read_manifest", "sign_image_bytes", "sign_png_bytes"]  # fmt: skip
+__all__ = ["ASSERTION_LABEL", "C2PA_MISSING", "MANIFEST_STATES", "ManifestCheck", "c2pa_available",
+           "disclosure_assertion", "load_c2pa", "read_manifest", "sign_image_bytes", "sign_png_bytes"]  # fmt: skip
 
 ASSERTION_LABEL = "org.safeguard.disclosure"
-MANIFEST_STATES = ("absent", "trusted", "valid", "tampered", "invalid")
+#: ``unchecked``: c2pa-python (the ``disclosure`` extra) is not installed, so a manifest could not be read.
+MANIFEST_STATES = ("absent", "trusted", "valid", "tampered", "invalid", "unchecked")
+#: The failure recorded with an ``unchecked`` state.
+C2PA_MISSING = "c2pa-python is not installed: pip install 'diffusers-safeguard[disclosure]'"
 _GENERATOR = "diffusers-safeguard"
 _MIME_TYPES = ("image/png", "image/jpeg")
 
@@ -75,6 +78,13 @@ class ManifestCheck:
             "assertion": None if self.assertion is None else dict(self.assertion),
             "digital_source_type": self.digital_source_type,
         }
+
+
+def c2pa_available() -> bool:
+    """Whether c2pa-python can be imported (without importing it)."""
+    import importlib.util
+
+    return importlib.util.find_spec("c2pa") is not None
 
 
 def load_c2pa() -> Any:

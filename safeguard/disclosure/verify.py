@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from safeguard.disclosure.manifest import ManifestCheck, read_manifest
+from safeguard.disclosure.manifest import C2PA_MISSING, ManifestCheck, c2pa_available, read_manifest
 from safeguard.disclosure.marking import detect_image
 from safeguard.disclosure.metadata import read_digital_source_type
 from safeguard.disclosure.watermark import Detection
@@ -88,7 +88,13 @@ def verify(source: Any, *, trust_anchors: bytes | str | Path | None = None) -> V
         raise InputError(f"{path}: not a readable image: {err}") from err
     detection = detect_image(image)
     mime = _MIME.get(str(image.format))
-    manifest = ManifestCheck("absent") if mime is None else read_manifest(data, mime, anchors)
+    if mime is None:
+        manifest = ManifestCheck("absent")
+    elif not c2pa_available():
+        # The watermark and the metadata can still be read; the manifest's state is said to be unknown.
+        manifest = ManifestCheck("unchecked", (C2PA_MISSING,))
+    else:
+        manifest = read_manifest(data, mime, anchors)
     recorded = (manifest.assertion or {}).get("watermark") or {}
     matches = None
     if detection.found and recorded:

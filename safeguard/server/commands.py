@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from safeguard.cli import EXIT_ALLOWED
+from safeguard.errors import ConfigError
 
 __all__ = ["EXIT_AUDIT_BROKEN", "add_commands"]
 
@@ -69,8 +70,12 @@ def add_commands(subparsers: Any) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from safeguard.server.app import serve
     from safeguard.server.settings import load_server_settings
+
+    _require("fastapi", "uvicorn", "prometheus_client", extra="server")
+    if args.ray:
+        _require("ray", extra="server,ray")
+    from safeguard.server.app import serve
 
     settings = load_server_settings(
         args.config, host=args.host, port=args.port, pipeline=args.pipeline, credentials=args.credentials
@@ -89,6 +94,15 @@ def _run_serve(args: argparse.Namespace) -> int:
         return EXIT_ALLOWED
     serve(settings)
     return EXIT_ALLOWED
+
+
+def _require(*modules: str, extra: str) -> None:
+    """ConfigError naming the extra to install when one of ``modules`` is missing (not a bare traceback)."""
+    import importlib.util
+
+    missing = [name for name in modules if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"safeguard serve needs {', '.join(missing)}: pip install 'diffusers-safeguard[{extra}]'")
 
 
 def _key_row(key: Any) -> dict[str, Any]:
