@@ -2,7 +2,7 @@
 # Set up .venv (if missing) with the dev extras and run the default test suite (no slow or gpu tests).
 # Extra arguments go to pytest, e.g. scripts/test.sh -m slow
 set -euo pipefail
-source "$(dirname "$0")/_venv.sh" "[dev,reports,server,ray,disclosure]"
+source "$(dirname "$0")/_venv.sh" "[dev,server,ray,disclosure]"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 echo "==> ruff"
 .venv/bin/ruff check safeguard tests scripts

@@ -1,6 +1,6 @@
 """Which language a prompt is written in, for the per-language figures of ``safeguard eval``.
 
-Identification uses py3langid (the ``reports`` extra; its model ships in the wheel), restricted to the languages
+Identification uses py3langid (its model ships in the wheel), restricted to the languages
 the policy's rules read: English plus every language its categories and signals list. Short prompts and token
 soup are often unclear, so a prompt whose most likely language has a probability below ``min_confidence`` is
 ``und`` (undetermined) rather than a guess.
@@ -40,14 +40,10 @@ def identify_languages(texts: Sequence[str], languages: Sequence[str], min_confi
     """The language code of each text among ``languages``, or ``"und"`` below ``min_confidence``.
 
     Raises:
-        ConfigError: py3langid is not installed, or it knows none of ``languages``.
+        ConfigError: py3langid knows none of ``languages``.
     """
-    try:
-        from py3langid.langid import MODEL_FILE, LanguageIdentifier
-    except ImportError as err:
-        raise ConfigError(
-            "the per-language figures need py3langid: pip install 'diffusers-safeguard[reports]'"
-        ) from err
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
     identifier = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     known = [code for code in languages if code in identifier.nb_classes]
     if not known:

@@ -1,7 +1,6 @@
 """Progress bars for long command-line runs: drawn on stderr when it is a terminal, never into pipes or files.
 
-The bar needs ``rich`` (the ``reports`` extra). Without it a terminal gets one line saying so and the run goes on:
-the bar is a convenience, never part of a result.
+The bar is drawn with ``rich``; it is a convenience, never part of a result.
 
 Example:
     >>> with ProgressBar(3, "checking", enabled=False) as bar:
@@ -39,12 +38,9 @@ class ProgressBar:
     def __enter__(self) -> ProgressBar:
         if not self._enabled:
             return self
-        try:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-        except ImportError:
-            print("(no progress bar: it needs rich, pip install 'diffusers-safeguard[reports]')", file=self._stream)
-            return self
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
         console = Console(file=self._stream)
         self._progress = Progress(
             TextColumn("{task.description}"),
