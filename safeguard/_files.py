@@ -36,12 +36,16 @@ def bundled_names(kind: str) -> list[str]:
 
 
 def read_yaml(path: PathLike) -> dict[str, Any]:
-    """Load a YAML mapping; a missing file, a syntax error or a non-mapping top level is a ConfigError."""
+    """Load a YAML mapping; a missing or non-UTF-8 file, a syntax error or a non-mapping top level is a ConfigError."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8 and try again"
+        ) from err
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:

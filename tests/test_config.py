@@ -56,6 +56,17 @@ def test_unknown_key_names_key_and_file(tmp_path):
         resolve_settings(outptu=False)
 
 
+def test_a_config_file_that_is_not_utf8_is_a_config_error_naming_it(tmp_path):
+    from safeguard.testing import tiny
+
+    user = tmp_path / "utf16.yaml"
+    user.write_bytes("preset: strict\n".encode("utf-16"))  # starts with the byte-order mark b"\xff\xfe"
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(user))}: not UTF-8 text"):
+        resolve_settings(config=user)
+    with pytest.raises(ConfigError, match=rf"{re.escape(str(user))}: not UTF-8 text"):
+        safeguard.protect(tiny.sd_pipeline(), config=user)
+
+
 def test_bad_values_are_named():
     with pytest.raises(ConfigError, match="unknown preset 'lenient'"):
         resolve_settings("lenient")
