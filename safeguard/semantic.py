@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from safeguard._quiet import no_loading_bars
 from safeguard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -132,7 +133,8 @@ class MiniLMEncoder:
         """Load the bundled model once per process."""
         from transformers import AutoModel
 
-        return cls(AutoModel.from_pretrained(str(model_dir())).eval())
+        with no_loading_bars():
+            return cls(AutoModel.from_pretrained(str(model_dir())).eval())
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """Embeddings of ``texts`` as a float32 array of shape ``(len(texts), 384)``."""

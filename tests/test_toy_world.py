@@ -280,3 +280,13 @@ def test_protected_call_works_under_model_cpu_offload() -> None:
     assert all(v.flagged for v, r in zip(red.verdicts, is_red, strict=True) if r)
     assert not any(v.flagged for v in blue.verdicts)
     assert all(dominant_colour(img) == "blue" for img in blue.images)
+
+
+def test_loading_the_bundled_models_draws_no_progress_bars(capsys):
+    from transformers.utils import logging as transformers_logging
+
+    before = transformers_logging.is_progress_bar_enabled()
+    toy_world()
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "Loading pipeline components" not in err
+    assert transformers_logging.is_progress_bar_enabled() == before  # restored for the user's own loads

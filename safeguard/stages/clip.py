@@ -41,6 +41,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
+from safeguard._quiet import no_loading_bars
 from safeguard.config import OutputSettings
 from safeguard.errors import ConfigError
 from safeguard.policy import Policy
@@ -206,7 +207,8 @@ def load_transformers_clip(path: str) -> TransformersClipEncoder:
             "CLIPModel.save_pretrained, or remove the clip backend from output.backends"
         )
     try:
-        model = CLIPModel.from_pretrained(folder).eval()
+        with no_loading_bars():
+            model = CLIPModel.from_pretrained(folder).eval()
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as err:
         raise ConfigError(f"could not load CLIP weights from {folder}: {type(err).__name__}: {err}") from err

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from safeguard._quiet import no_loading_bars
 from safeguard.config import OutputSettings
 from safeguard.errors import ConfigError
 from safeguard.policy import Policy
@@ -60,7 +61,8 @@ def load_safety_checker(path: str) -> tuple[Any, int, tuple[float, ...], tuple[f
             "folder itself); give output.compvis.weights or remove compvis from output.backends"
         )
     try:
-        model = StableDiffusionSafetyChecker.from_pretrained(folder).eval()
+        with no_loading_bars():
+            model = StableDiffusionSafetyChecker.from_pretrained(folder).eval()
     except Exception as err:
         raise ConfigError(f"could not load the safety checker from {folder}: {type(err).__name__}: {err}") from err
     size = int(model.config.vision_config.image_size)

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from safeguard._quiet import no_loading_bars
+
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
@@ -599,7 +601,8 @@ def load_toy_clip(path: str | Path = TOY_WORLD_DIR / "clip") -> ToyClip:
 
     folder = Path(path)
     # The config's dtype is float32, so the float16-stored text tower is upcast on load.
-    model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
+    with no_loading_bars():
+        model = CLIPModel.from_pretrained(folder, local_files_only=True).eval()
     tokenizer = CLIPTokenizer.from_pretrained(folder, local_files_only=True)
     pre = json.loads((folder / "preprocessor_config.json").read_text(encoding="utf-8"))
     return ToyClip(
@@ -646,9 +649,10 @@ def toy_world(path: str | Path = TOY_WORLD_DIR) -> ToyWorld:
     # Every component's config says float32 (the text encoder is stored in float16 to save space), so no
     # dtype argument is needed. The pipeline gets its own text encoder rather than sharing the CLIP's, so
     # hooks a test puts on one never change the other.
-    pipeline = StableDiffusionPipeline.from_pretrained(
-        folder / "pipeline", safety_checker=None, requires_safety_checker=False, local_files_only=True
-    )
+    with no_loading_bars():
+        pipeline = StableDiffusionPipeline.from_pretrained(
+            folder / "pipeline", safety_checker=None, requires_safety_checker=False, local_files_only=True
+        )
     pipeline.set_progress_bar_config(disable=True)
     policy_path = folder / "policy.yaml"
     size = int(pipeline.unet.config.sample_size) * int(pipeline.vae_scale_factor)
