@@ -482,10 +482,13 @@ class KeywordPromptStage:
         self.settings = settings
         self.locked_only = locked_only
         categories = [c for c in policy.enforced("prompt") if (c.locked or not locked_only) and c.all_keywords]
-        self._categories = tuple(c.id for c in categories)
         self._scored = tuple(c.id for c in policy.enforced("prompt") if c.locked or not locked_only)
         self._locked = set(policy.locked_categories)
         self._conjunctions = tuple(r for r in policy.conjunctions if r.locked or not locked_only)
+        #: The categories this stage can flag: by their own keywords, or as what a conjunction fires.
+        self.categories: tuple[str, ...] = tuple(
+            dict.fromkeys([c.id for c in categories] + [r.category for r in self._conjunctions])
+        )
         needed_signals = {name for rule in self._conjunctions for name in rule.all_of}
         # Labels: c: a category's keyword, a: its allow-phrase; s: a signal's keyword, sa: its allow-phrase.
         # English keywords and every allow-phrase match with plurals folded; the keywords of other languages

@@ -304,6 +304,11 @@ class SemanticPromptStage:
         #: sets the throughput.
         self.full_scored = 0
 
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """The categories this stage scores: those its calibrated heads were fit for."""
+        return self.heads.categories
+
     @classmethod
     def for_policy(cls, policy: Policy, settings: PromptSettings) -> SemanticPromptStage | None:
         """The stage for ``policy`` if a calibration for it is bundled, else None."""
