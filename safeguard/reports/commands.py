@@ -5,8 +5,9 @@ Exit codes:
 
 * ``scan``: 0 every file allowed, 1 any file blocked, 4 some files could not be checked (and none blocked),
   2 bad arguments or configuration (nothing checked).
-* ``check --file``: 0 allowed, 1 any prompt blocked, 4 some lines could not be checked (none blocked), 3 some
-  flagged for steering (none blocked, every line checked), 2 bad input or configuration.
+* ``check --file`` and ``check -`` (standard input): 0 allowed, 1 any prompt blocked, 4 some lines could not be
+  checked (none blocked), 3 some flagged for steering (none blocked, every line checked), 2 bad input or
+  configuration.
 * ``eval``: 0 the report was written, 2 bad input or configuration.
 
 Registered in :data:`safeguard.cli.COMMAND_MODULES`; torch and the stages are imported only inside the
@@ -151,23 +152,30 @@ def _run_scan(args: argparse.Namespace) -> int:
 
 
 def run_check_file(args: argparse.Namespace) -> int:
-    """``safeguard check --file FILE``: the prompts of a text file or CSV, checked in batches.
+    """``safeguard check --file FILE`` or ``safeguard check -``: the prompts of a text file, CSV or standard input
+    (one per line), checked in batches.
 
-    The table lists the flagged prompts and the lines not checked, then a summary; ``--json`` prints one
-    JSON Lines record per prompt.
+    Blank lines are skipped with a warning naming them. The table lists the flagged prompts and the lines not
+    checked, then a summary; ``--json`` prints one JSON Lines record per prompt, with its line (and CSV id).
     """
     import time
 
+    from safeguard.cli import STDIN
     from safeguard.guard import Guard
-    from safeguard.reports.data import read_prompt_file
+    from safeguard.reports.data import prompt_lines, read_prompts
     from safeguard.reports.progress import ProgressBar
     from safeguard.reports.prompt_files import check_prompt_lines
 
-    if args.prompts:
-        raise InputError("give prompts as arguments or --file FILE, not both")
-    lines = read_prompt_file(args.file)
+    if args.file is not None and args.prompts:
+        raise InputError("give prompts as arguments (or - for standard input) or --file FILE, not both")
+    if args.file is None and args.prompts != [STDIN]:
+        raise InputError(f"prompts come from --file FILE or from standard input ({STDIN}), not {args.prompts}")
+    source = "standard input" if args.file is None else str(args.file)
+    lines, blank = prompt_lines(_read_stdin()) if args.file is None else read_prompts(args.file)
+    for number in blank:
+        print(f"safeguard: check: {source}, line {number}: empty; skipped", file=sys.stderr)
     if not lines:
-        raise InputError(f"{args.file}: no prompts in it")
+        raise InputError(f"{source}: no prompts in it")
     guard = Guard.create(args.policy, args.preset, args.config)
     counts = {"allow": 0, "steer": 0, "block": 0, "unchecked": 0}
     started = time.perf_counter()
@@ -175,7 +183,7 @@ def run_check_file(args: argparse.Namespace) -> int:
         for result in check_prompt_lines(lines, guard, progress=bar):
             if result.verdict is None:
                 counts["unchecked"] += 1
-                print(f"safeguard: check: {args.file}, {result.error}", file=sys.stderr)
+                print(f"safeguard: check: {source}, {result.error}", file=sys.stderr)
             else:
                 counts[result.verdict.action.value] += 1
             if args.json:
@@ -188,7 +196,7 @@ def run_check_file(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - started
     if not args.json:
         print(
-            f"{len(lines)} prompts from {args.file}: {counts['allow']} allowed, {counts['steer']} flagged for "
+            f"{len(lines)} prompts from {source}: {counts['allow']} allowed, {counts['steer']} flagged for "
             f"steering, {counts['block']} blocked, {counts['unchecked']} not checked "
             f"({len(lines) / seconds:.0f} prompts/s); policy {guard.policy.id}@{guard.policy.version}, "
             f"preset {guard.settings.preset}"
@@ -198,6 +206,15 @@ def run_check_file(args: argparse.Namespace) -> int:
     if counts["unchecked"]:
         return EXIT_UNCHECKED
     return EXIT_STEER if counts["steer"] else EXIT_ALLOWED
+
+
+def _read_stdin() -> str:
+    """Standard input as UTF-8 text (a byte-order mark dropped, as for files)."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(f"standard input: not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 def _run_eval(args: argparse.Namespace) -> int:

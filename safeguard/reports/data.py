@@ -35,9 +35,11 @@ __all__ = [
     "PromptLine",
     "find_image_files",
     "policy_categories_of",
+    "prompt_lines",
     "read_labelled_csv",
     "read_labelled_images",
     "read_prompt_file",
+    "read_prompts",
     "split_data_paths",
 ]
 
@@ -100,6 +102,8 @@ class LabelledImage:
 def read_prompt_file(path: str | Path) -> list[PromptLine]:
     """Prompts from a text file (one per line, blank lines skipped) or, for ``*.csv``, a CSV with a ``prompt`` column.
 
+    :func:`read_prompts` also gives the numbers of the blank lines.
+
     Raises:
         InputError: the file cannot be read, is not UTF-8, or is a CSV without a ``prompt`` column.
 
@@ -108,19 +112,43 @@ def read_prompt_file(path: str | Path) -> list[PromptLine]:
         >>> rows[0]  # doctest: +SKIP
         PromptLine(line=2, prompt='A red colored car.', id='drawbench:0')
     """
+    return read_prompts(path)[0]
+
+
+def read_prompts(path: str | Path) -> tuple[list[PromptLine], list[int]]:
+    """The prompts of a text file or CSV, as :func:`read_prompt_file` reads them, and the blank lines' numbers.
+
+    Raises:
+        InputError: as :func:`read_prompt_file`.
+    """
     path = Path(path)
-    text = _read_text(path)
-    if path.suffix.lower() != ".csv":
-        return [PromptLine(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    return prompt_lines(_read_text(path), csv_rows=path.suffix.lower() == ".csv", where=str(path))
+
+
+def prompt_lines(text: str, *, csv_rows: bool = False, where: str = "input") -> tuple[list[PromptLine], list[int]]:
+    """The prompts of a prompt file's text, and the 1-based numbers of its blank lines (CSV rows), which are skipped.
+
+    Raises:
+        InputError: ``csv_rows`` and no ``prompt`` column; ``where`` names the input in the message.
+
+    Example:
+        >>> prompt_lines("a red bicycle\\n\\na lighthouse\\n")
+        ([PromptLine(line=1, prompt='a red bicycle', id=None), PromptLine(line=3, prompt='a lighthouse', id=None)], [2])
+    """
+    if not csv_rows:
+        rows = [PromptLine(n, line) for n, line in enumerate(text.splitlines(), start=1)]
+        return [row for row in rows if row.prompt.strip()], [row.line for row in rows if not row.prompt.strip()]
     reader = csv.DictReader(io.StringIO(text, newline=""))
     if "prompt" not in (reader.fieldnames or ()):
-        raise InputError(f"{path}: a CSV of prompts needs a 'prompt' column; its columns are {reader.fieldnames}")
+        raise InputError(f"{where}: a CSV of prompts needs a 'prompt' column; its columns are {reader.fieldnames}")
     # DictReader's line_num counts physical lines, so a prompt with a line break inside quotes keeps its row's line.
-    rows = []
+    prompts, blank = [], []
     for row in reader:
         if row["prompt"] and row["prompt"].strip():
-            rows.append(PromptLine(reader.line_num, row["prompt"], row.get("id") or None))
-    return rows
+            prompts.append(PromptLine(reader.line_num, row["prompt"], row.get("id") or None))
+        else:
+            blank.append(reader.line_num)
+    return prompts, blank
 
 
 def read_labelled_csv(path: str | Path) -> list[LabelledPrompt]:
