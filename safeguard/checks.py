@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from safeguard.guard import Guard
@@ -69,7 +70,11 @@ def check_prompts(
     config: str | Path | dict[str, Any] | None = None,
     **overrides: Any,
 ) -> list[Verdict]:
-    """Check a batch of prompts; one :class:`Verdict` per prompt, in order.
+    """Check a batch of prompts; one :class:`Verdict` per prompt, in order. An empty batch gives ``[]``.
+
+    Raises:
+        InputError: ``texts`` is not a list of strings, or a prompt is empty or too long.
+        ConfigError: bad policy, preset, config or override (also for an empty batch).
 
     Example:
         >>> import safeguard
@@ -89,17 +94,21 @@ def check_images(
 ) -> list[Verdict]:
     """Check images: a PIL image, numpy array or tensor, or a list of them; one :class:`Verdict` each.
 
-    Images of the same size are checked together as one batch.
+    Images of the same size are checked together as one batch. An empty list (or an ``NHWC`` array or ``NCHW``
+    tensor with no images) gives ``[]``, as :func:`check_prompts` does for no prompts.
 
     Raises:
         InputError: unsupported type, shape or value range.
+        ConfigError: bad policy, preset, config or override (also for no images).
 
     Example:
         >>> import numpy as np, safeguard
         >>> safeguard.check_images(np.full((64, 64, 3), 200, dtype=np.uint8))[0].blocked
         False
     """
-    guard = _guard(policy, preset, config, overrides)
+    guard = _guard(policy, preset, config, overrides)  # first: a bad setting is an error even with no images
+    if _no_images(images):
+        return []
     tensors = to_unit_tensors(images)
     by_size: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, tensor in enumerate(tensors):
@@ -109,3 +118,9 @@ def check_images(
         batch = torch.stack([tensors[i] for i in indices])
         verdicts.update(zip(indices, guard.check_images(batch), strict=True))
     return [verdicts[i] for i in range(len(tensors))]
+
+
+def _no_images(images: Any) -> bool:
+    if isinstance(images, list | tuple):
+        return not images
+    return isinstance(images, np.ndarray | torch.Tensor) and images.ndim == 4 and images.shape[0] == 0

@@ -45,7 +45,6 @@ def test_batches_and_mixed_sizes_keep_order():
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ([], "no images"),
         ("picture.png", "unsupported type str"),
         (np.zeros((32, 32, 2), np.uint8), "1, 3 or 4 channels"),
         (np.zeros((4, 4, 3), np.uint8), "too small"),
@@ -58,6 +57,16 @@ def test_batches_and_mixed_sizes_keep_order():
 def test_bad_images_raise_input_error(bad, message):
     with pytest.raises(InputError, match=message):
         safeguard.check_images(bad)
+
+
+def test_empty_inputs_give_empty_lists_like_check_prompts():
+    assert safeguard.check_prompts([]) == []
+    for empty in ([], (), np.zeros((0, 32, 32, 3), np.uint8), torch.zeros(0, 3, 32, 32)):
+        assert safeguard.check_images(empty) == []
+    # The settings are still checked when there is nothing to check.
+    for check in (safeguard.check_prompts, safeguard.check_images):
+        with pytest.raises(safeguard.ConfigError, match="gentle"):
+            check([], preset="gentle")
 
 
 def test_output_stage_off_scores_nothing():
