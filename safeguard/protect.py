@@ -55,12 +55,15 @@ class ProtectedPipelineOutput(BaseOutput):
 
     Attributes:
         images: as the pipeline would return them (PIL list, numpy array or tensor), blocked ones redacted per
-            preset; a withheld image is ``None`` in a PIL list and all zeros in an array or tensor. Empty when
-            a prompt was blocked and ``on_block`` is ``return``.
-        verdicts: one per image, in image order: the image's own verdict combined with its prompt's.
+            preset; a withheld image is ``None`` in a PIL list and all zeros in an array or tensor. With
+            ``on_block="return"``, a blocked prompt's images are withheld slots (the pipeline never ran it), and
+            the output is empty when every prompt was blocked.
+        verdicts: one per image, in image order: the image's own verdict combined with its prompt's and with
+            what steering did to it (``steer`` findings from stage ``steering``).
         prompt_verdicts: one per prompt.
         nsfw_content_detected: what diffusers' own ``safety_checker`` said, when the pipeline has one (its
-            decision is also a finding in ``verdicts``, and its blacked-out images stay black).
+            decision is also a finding in ``verdicts``, and its blacked-out images stay black); ``True`` for a
+            blocked prompt's withheld slot.
     """
 
     images: Any
@@ -70,7 +73,11 @@ class ProtectedPipelineOutput(BaseOutput):
 
 
 class ProtectedPipeline:
-    """A diffusers pipeline with safeguard's stages around each call. Create it with :func:`protect`."""
+    """A diffusers pipeline with safeguard's stages around each call. Create it with :func:`protect`.
+
+    It is not an instance of the pipeline's class (``isinstance(guarded, StableDiffusionPipeline)`` is False);
+    :attr:`pipeline` and :func:`unprotect` give the original object.
+    """
 
     def __init__(self, pipeline: Any, guard: Guard, spec: PipelineSpec, layers: _Layers) -> None:
         object.__setattr__(self, "_pipeline", pipeline)
@@ -159,7 +166,17 @@ class ProtectedPipeline:
                 combined = Verdict.combine(blocked)
                 if combined.locked or guard.settings.on_block == "raise":
                     raise PromptBlocked(f"prompt blocked: {combined}", combined, tuple(prompt_verdicts))
-                return self._finish([], [], prompt_verdicts, None, return_dict)
+                if len(blocked) == len(prompt_verdicts):
+                    return self._finish([], [], prompt_verdicts, None, return_dict)
+            keep = [i for i, v in enumerate(prompt_verdicts) if not v.blocked]
+            per_prompt = int(arguments.get("num_images_per_prompt") or 1)
+            if len(keep) < len(prompt_verdicts):
+                # Blocked prompts never reach the pipeline: generating them and withholding the result would
+                # still hand their latents to step callbacks and their pixels to any path that skips the check.
+                _keep_only(bound, keep, len(prompt_verdicts), per_prompt)
+                args, kwargs = bound.args, bound.kwargs
+                arguments = {**_defaults(self._signature), **bound.arguments}
+            run_verdicts = [prompt_verdicts[i] for i in keep]
 
             output_type = arguments.get("output_type", "pil")
             if guard.image_stages and output_type == "latent":
@@ -171,22 +188,26 @@ class ProtectedPipeline:
             check = _OutputCheck(guard, call)
             steering = guard.steering_stage
             # arguments names the positional ones too: steering reads the prompt text wherever it was passed.
-            steered = steering.apply(self._pipeline, kwargs, prompt_verdicts, arguments) if steering else nullcontext()
-            with steered, check.intercepting(self._pipeline.image_processor):
+            steered = steering.apply(self._pipeline, kwargs, run_verdicts, arguments) if steering else nullcontext()
+            with steered as record, check.intercepting(self._pipeline.image_processor):
                 result = self._pipeline(*args, **kwargs)
 
         images = result.images if return_dict else result[0]
         nsfw = getattr(result, "nsfw_content_detected", None) if return_dict else _tuple_item(result, 1)
-        images, image_verdicts = check.returned(images, _as_flags(nsfw, _count(images)))
+        owners = _owners(_count(images), len(run_verdicts))
+        # What steering did joins each image's verdict; a prompt it was meant to steer but did not is withheld.
+        steer_verdicts = record.verdicts() if record is not None else None
+        steered_images = None if steer_verdicts is None else [steer_verdicts[o] for o in owners]
+        images, image_verdicts = check.returned(images, _as_flags(nsfw, _count(images)), steered_images)
         if guard.settings.disclosure.enabled:
             # After the output check and redaction: the mark goes on exactly what the call returns.
             images, records = mark_images(images, guard.settings.disclosure)
             image_verdicts = [replace(v, disclosure=r) for v, r in zip(image_verdicts, records, strict=True)]
-        per_prompt = max(1, len(image_verdicts) // max(1, len(prompt_verdicts)))
-        verdicts = [
-            Verdict.combine([verdict, prompt_verdicts[min(i // per_prompt, len(prompt_verdicts) - 1)]])
-            for i, verdict in enumerate(image_verdicts)
-        ]
+        verdicts = [Verdict.combine([v, run_verdicts[o]]) for v, o in zip(image_verdicts, owners, strict=True)]
+        if len(keep) < len(prompt_verdicts):
+            images, verdicts, nsfw = _with_blocked_slots(
+                images, verdicts, nsfw, owners, keep, prompt_verdicts, per_prompt
+            )
         return self._finish(images, verdicts, prompt_verdicts, nsfw, return_dict)
 
     def _check_prompts(self, guard: Guard, arguments: dict[str, Any]) -> list[Verdict]:
@@ -280,16 +301,25 @@ class _OutputCheck:
 
     def _process(self, original: Any, processor: Any, image: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         output_type = kwargs.get("output_type", args[0] if args else "pil")
-        if output_type == "latent" or not self.guard.image_stages:
+        if output_type == "latent":
+            return original(image, *args, **kwargs)
+        finite = torch.isfinite(image.flatten(1)).all(dim=1).tolist()
+        if not self.guard.image_stages and all(finite):
             return original(image, *args, **kwargs)
         denormalize = kwargs.get("do_denormalize", args[1] if len(args) > 1 else None)
         if denormalize is None:
             denormalize = [bool(processor.config.do_normalize)] * image.shape[0]
-        finite = torch.isfinite(image.flatten(1)).all(dim=1).tolist()
         unit = torch.stack(
             [(x / 2 + 0.5).clamp(0, 1) if d else x.clamp(0, 1) for x, d in zip(image, denormalize, strict=True)]
         )
-        verdicts = self._verdicts(unit, finite)
+        if self.guard.image_stages:
+            verdicts = self._verdicts(unit, finite)
+        else:
+            # No checker is on, but NaN or inf pixels are no image (diffusers casts them to black or garbage):
+            # withheld with a failure, never returned as allowed.
+            policy = self.guard.policy
+            allow = Verdict.allow(policy.id, policy.version)
+            verdicts = [allow if ok else self._failure("decoded image has non-finite values") for ok in finite]
         redacted, withheld = self.guard.apply_redaction(torch.nan_to_num(unit, nan=0.0), verdicts)
         changed = image.clone()
         for i, verdict in enumerate(verdicts):
@@ -320,16 +350,20 @@ class _OutputCheck:
         return Verdict.stage_failure(self.guard.policy, "output", "output-check", detail)
 
     # -- what the call returns -------------------------------------------------------------------------
-    def returned(self, images: Any, nsfw: list[bool] | None) -> tuple[Any, list[Verdict]]:
-        """The images to return and one verdict each; ``nsfw`` are diffusers' own checker's flags, if any."""
+    def returned(
+        self, images: Any, nsfw: list[bool] | None, steering: list[Verdict] | None = None
+    ) -> tuple[Any, list[Verdict]]:
+        """The images to return and one verdict each; ``nsfw`` are diffusers' own checker's flags, if any, and
+        ``steering`` per image what steering did to it (a blocked one is withheld)."""
         count = _count(images)
         withheld: set[int] = set()
         late: set[int] = set()  # blocked here, after the pipeline returned
-        if not self.guard.image_stages:
-            policy = self.guard.policy
-            verdicts = [Verdict.allow(policy.id, policy.version) for _ in range(count)]
-        else:
-            verdicts = self._match(images, count, withheld, late)
+        verdicts = self._match(images, count, withheld, late)
+        for i, verdict in enumerate(steering or ()):
+            verdicts[i] = Verdict.combine([verdicts[i], verdict])
+            if verdict.blocked:  # only a steering failure blocks, and a failure is always withheld
+                late.add(i)
+                withheld.add(i)
         if nsfw is not None:
             for i, flagged in enumerate(nsfw):
                 if flagged:
@@ -361,7 +395,12 @@ class _OutputCheck:
                     if j in record.withheld:
                         withheld.add(i)
         missing = [i for i, v in enumerate(verdicts) if v is None]
-        if missing:
+        if missing and not self.guard.image_stages:
+            # With the output stage off only a non-finite decode is recorded; nothing else is checked.
+            policy = self.guard.policy
+            for i in missing:
+                verdicts[i] = Verdict.allow(policy.id, policy.version)
+        elif missing:
             for i, verdict in zip(missing, self._check_returned(images, missing), strict=True):
                 verdicts[i] = verdict
                 if verdict.blocked:
@@ -422,6 +461,97 @@ def _positions(images: Any, record: _Checked) -> list[tuple[int, int]]:
         if j is not None and output[j] is item and np.array_equal(np.asarray(item), snapshot[j]):
             pairs.append((i, j))
     return pairs
+
+
+#: Call arguments with one entry per prompt, and those with one per generated image.
+_PER_PROMPT_ARGS = (
+    "prompt", "prompt_2", "prompt_3", "negative_prompt", "negative_prompt_2", "negative_prompt_3",
+    "prompt_embeds", "pooled_prompt_embeds", "negative_prompt_embeds", "negative_pooled_prompt_embeds",
+)  # fmt: skip
+_PER_IMAGE_ARGS = ("generator", "latents")
+#: img2img conditioning images, per prompt or per generated image.
+_IMAGE_ARGS = ("image", "mask_image")
+
+
+def _keep_only(bound: inspect.BoundArguments, keep: list[int], prompts: int, per_prompt: int) -> None:
+    """Cut the call's per-prompt and per-image arguments down to the prompts in ``keep``, in place.
+
+    An argument given once for the whole batch (a single string, generator or image) is left as it is.
+    """
+    images = [p * per_prompt + j for p in keep for j in range(per_prompt)]
+    for name, value in list(bound.arguments.items()):
+        if name in _IMAGE_ARGS and not (isinstance(value, list | tuple) or getattr(value, "ndim", 0) == 4):
+            continue  # one image (CHW): its first axis is not a batch
+        length = _batch_length(value)
+        if name in (*_PER_PROMPT_ARGS, *_IMAGE_ARGS) and length == prompts:
+            bound.arguments[name] = _take(value, keep)
+        elif name in (*_PER_IMAGE_ARGS, *_IMAGE_ARGS) and length == prompts * per_prompt:
+            bound.arguments[name] = _take(value, images)
+
+
+def _batch_length(value: Any) -> int | None:
+    if isinstance(value, list | tuple):
+        return len(value)
+    if isinstance(value, np.ndarray | torch.Tensor) and value.ndim >= 1:
+        return value.shape[0]
+    return None
+
+
+def _take(value: Any, rows: list[int]) -> Any:
+    if isinstance(value, list | tuple):
+        return [value[i] for i in rows]
+    return value[torch.tensor(rows, dtype=torch.long)] if isinstance(value, torch.Tensor) else value[rows]
+
+
+def _owners(count: int, prompts: int) -> list[int]:
+    """For each of ``count`` returned images, the index of the prompt it was made from (they come in prompt order)."""
+    per_prompt = max(1, count // max(1, prompts))
+    return [min(i // per_prompt, prompts - 1) for i in range(count)]
+
+
+def _with_blocked_slots(
+    images: Any,
+    verdicts: list[Verdict],
+    nsfw: Any,
+    owners: list[int],
+    keep: list[int],
+    prompt_verdicts: list[Verdict],
+    per_prompt: int,
+) -> tuple[Any, list[Verdict], list[bool] | None]:
+    """The whole batch in prompt order: the run's images and verdicts where their prompt was kept, and for each
+    image of a blocked prompt a withheld slot (None in a list, zeros in an array or tensor) with its verdict."""
+    order: list[int | None] = []  # per slot, the index of the run's image, or None where it is withheld
+    slot_verdicts: list[Verdict] = []
+    for p, prompt_verdict in enumerate(prompt_verdicts):
+        if prompt_verdict.blocked:
+            order += [None] * per_prompt
+            slot_verdicts += [prompt_verdict] * per_prompt
+        else:
+            mine = [i for i, o in enumerate(owners) if keep[o] == p]
+            order += mine
+            slot_verdicts += [verdicts[i] for i in mine]
+    flags = _as_flags(nsfw, len(owners))
+    # A withheld slot reads as flagged, so code that trusts these flags never takes it for a clean image.
+    slot_flags = None if flags is None else [True if i is None else flags[i] for i in order]
+    return _arranged(images, order), slot_verdicts, slot_flags
+
+
+def _arranged(images: Any, order: list[int | None]) -> Any:
+    """``images`` put in ``order``, a withheld slot where it says None."""
+    if isinstance(images, list | tuple):
+        return [None if i is None else images[i] for i in order]
+    if isinstance(images, np.ndarray | torch.Tensor):
+        shape = (len(order), *images.shape[1:])
+        if isinstance(images, np.ndarray):
+            out = np.zeros(shape, dtype=images.dtype)
+        else:
+            out = torch.zeros(shape, dtype=images.dtype, device=images.device)
+        for slot, i in enumerate(order):
+            if i is not None:
+                out[slot] = images[i]
+        return out
+    # Any other container cannot be rebuilt safely: none of it is returned.
+    return [None] * len(order)
 
 
 def _count(images: Any) -> int:

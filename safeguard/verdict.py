@@ -51,7 +51,8 @@ class Finding:
         category: policy category id (or ``"stage_failure"``).
         score: the score that was compared, in the scale of its source.
         threshold: the threshold it reached.
-        stage: ``"prompt"``, ``"image"`` or ``"locked"`` (the always-on child-safety rule).
+        stage: ``"prompt"``, ``"image"``, ``"locked"`` (the always-on child-safety rule) or ``"steering"`` (a
+            record of how an image's generation was steered, with action ``steer``).
         action: what this finding asks for.
         source: the rule or backend that produced it, e.g. ``"keyword"``, ``"opennsfw"``.
         detail: a short human-readable explanation (matched phrase, exception text).

@@ -93,3 +93,30 @@ def test_image_fault_raises_when_the_preset_raises(monkeypatch):
     with pytest.raises(safeguard.ImageBlocked) as raised:
         guarded("a lighthouse", num_inference_steps=2)
     _failure(raised.value.verdict, "opennsfw")
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt"])
+@pytest.mark.parametrize("settings", [{}, {"preset": "research"}, {"preset": "research", "output": False}])
+def test_a_non_finite_decoded_image_is_withheld_with_a_stage_failure(bad, output_type, settings):
+    pipe = tiny.sd_pipeline()
+    guarded = safeguard.protect(pipe, **settings)
+
+    def poison_second(_module, _args, decoded):
+        decoded = decoded.clone()
+        decoded[1, 0, 0, 0] = bad  # one value of the second image of the batch
+        return decoded
+
+    handle = pipe.vae.decoder.register_forward_hook(poison_second)
+    try:
+        out = guarded(["a lighthouse", "a red bicycle"], num_inference_steps=2, output_type=output_type)
+    finally:
+        handle.remove()
+    assert not out.verdicts[0].blocked and out.images[0] is not None
+    failure = _failure(out.verdicts[1], "output-check")
+    assert failure.stage == "output" and "non-finite" in failure.detail
+    if output_type == "pil":
+        assert out.images[1] is None
+    else:
+        assert not out.images[1].any(), "withheld: all zeros"
+        assert bool(np.isfinite(np.asarray(out.images)).all())

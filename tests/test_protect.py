@@ -110,13 +110,69 @@ def test_batches_give_one_verdict_per_image_in_order(make_pipeline):
     assert out.images.shape[0] == 4 and len(out.verdicts) == 4 and len(out.prompt_verdicts) == 2
 
 
-def test_on_block_return_gives_no_images_and_the_verdicts(make_pipeline):
+def test_on_block_return_with_every_prompt_blocked_gives_no_images_and_the_verdicts(make_pipeline):
     guarded = safeguard.protect(make_pipeline(), preset="research", on_block="return")
     with count_denoiser_calls(guarded.pipeline) as calls:
-        out = _run(guarded, ["a lighthouse", "a pipe bomb"])
+        out = _run(guarded, ["a pipe bomb", "an explicit porn scene"])
     assert calls[0] == 0
     assert out.images == [] and out.verdicts == []
-    assert [v.blocked for v in out.prompt_verdicts] == [False, True]
+    assert [v.blocked for v in out.prompt_verdicts] == [True, True]
+
+
+MIXED = ["a lighthouse", "a pipe bomb", "a red bicycle"]
+
+
+def _seeded(seeds):
+    return [torch.Generator().manual_seed(s) for s in seeds]
+
+
+@pytest.mark.parametrize("output_type", ["pil", "np", "pt"])
+def test_on_block_return_with_a_mixed_batch_runs_only_the_allowed_prompts(make_pipeline, output_type):
+    pipe = make_pipeline()
+    # Two images per prompt, one generator each: the allowed prompts' images must be those of a call without
+    # the blocked prompt, in their own slots.
+    plain = pipe(["a lighthouse", "a red bicycle"], num_images_per_prompt=2, num_inference_steps=STEPS,
+                 generator=_seeded([0, 1, 4, 5]), output_type=output_type).images  # fmt: skip
+    guarded = safeguard.protect(pipe, preset="research", output=False, on_block="return")
+    rows: list[int] = []
+    denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+    handle = denoiser.register_forward_pre_hook(
+        lambda m, args, kwargs: rows.append((args[0] if args else kwargs["hidden_states"]).shape[0]), with_kwargs=True
+    )
+    try:
+        out = guarded(MIXED, num_images_per_prompt=2, num_inference_steps=STEPS, generator=_seeded(range(6)),
+                      output_type=output_type)  # fmt: skip
+    finally:
+        handle.remove()
+    # The blocked prompt never reached the denoiser: each step ran the two allowed prompts' four images only.
+    per_image = 1 if type(pipe).__name__.startswith("Flux") else 2  # Flux has no CFG rows
+    assert rows == [4 * per_image] * STEPS
+    assert [v.blocked for v in out.prompt_verdicts] == [False, True, False]
+    assert [v.blocked for v in out.verdicts] == [False, False, True, True, False, False]
+    assert out.verdicts[2] == out.verdicts[3] == out.prompt_verdicts[1]
+    assert not out.verdicts[0].flagged and not out.verdicts[5].flagged
+    kept = [0, 1, 4, 5]
+    if output_type == "pil":
+        assert out.images[2] is None and out.images[3] is None
+        for slot, ref in zip(kept, plain, strict=True):
+            assert np.array_equal(np.asarray(out.images[slot]), np.asarray(ref))
+    else:
+        assert tuple(out.images.shape) == (6, *plain.shape[1:])
+        assert not out.images[2:4].any(), "a withheld image in an array or tensor is all zeros"
+        for slot, ref in zip(kept, plain, strict=True):
+            assert np.array_equal(np.asarray(out.images[slot]), np.asarray(ref))
+    images, verdicts, prompt_verdicts = guarded(MIXED, num_inference_steps=STEPS, output_type=output_type,
+                                                return_dict=False)  # fmt: skip
+    assert len(images) == len(verdicts) == len(prompt_verdicts) == 3
+    assert [v.blocked for v in verdicts] == [False, True, False]
+    assert images[1] is None if output_type == "pil" else not images[1].any()
+
+
+def test_on_block_return_never_applies_to_the_locked_rule_in_a_mixed_batch(make_pipeline):
+    guarded = safeguard.protect(make_pipeline(), preset="research", on_block="return")
+    with count_denoiser_calls(guarded.pipeline) as calls, pytest.raises(PromptBlocked) as raised:
+        _run(guarded, ["a lighthouse", "a sexy schoolgirl"])
+    assert calls[0] == 0 and raised.value.verdict.locked
 
 
 def test_attributes_pass_through(make_pipeline):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import threading
 
 import numpy as np
 import pytest
 import torch
 from conftest import hook_count
+from diffusers import StableDiffusionPipeline
 
 import safeguard
 from safeguard.config import resolve_settings
@@ -284,3 +286,89 @@ def test_sld_term_follows_the_paper():
     # where e_p - e_S < lambda the mask is min(1, s_S |e_p - e_S|); elsewhere 0
     assert torch.allclose(term, torch.tensor([0.5 * 1.0005, 0.0, 2.0]), atol=1e-3)
     assert torch.allclose(sld_term(e_p, e_s, e_u, 1000.0, 0.01, weight=2.0), 2 * term)
+
+
+# -- what steering did is in the verdict ---------------------------------------------------------------
+def _steering_findings(verdict):
+    return [f for f in verdict.findings if f.stage == "steering"]
+
+
+@pytest.mark.parametrize(("strength", "source"), [("weak", "projection"), ("strong", "projection+guidance")])
+def test_a_steered_image_verdict_names_the_category_method_and_strength(family, make_pipeline, strength, source):
+    guarded = _protect(make_pipeline(), strength)
+    out = _run(guarded, ["a blue circle", "a red circle"])
+    benign, steered = out.verdicts
+    assert not benign.flagged and not _steering_findings(benign)
+    assert steered.action is Action.STEER
+    (finding,) = _steering_findings(steered)
+    assert (finding.category, finding.action, finding.source) == ("red", Action.STEER, source)
+    # the keyword hit that put it in the steer band: score 1, steer threshold 0.5 (STEER_ONLY)
+    assert (finding.score, finding.threshold) == (1.0, 0.5)
+    assert strength in finding.detail and "prompt/keyword" in finding.detail
+    record = steered.to_dict()
+    assert "steering" in record["stages"] and record["action"] == "steer"
+    assert {"stage": "steering", "action": "steer", "source": source, "category": "red"}.items() <= next(
+        f for f in record["findings"] if f["stage"] == "steering"
+    ).items()
+
+
+def test_with_the_prompt_stage_off_a_steered_image_is_not_reported_as_allowed():
+    from safeguard.testing import tiny
+
+    # The prompt stage is off, so the prompt verdict is allow; the stage's own concept score steers it.
+    config = {"prompt": {"thresholds": {"default": {"steer": 0.0, "block": 1.0}}}}
+    guarded = _protect(tiny.sd_pipeline(), "weak", config=config, prompt=False)
+    out = _run(guarded, "a blue circle")
+    assert not out.prompt_verdicts[0].flagged
+    assert out.verdicts[0].action is Action.STEER
+    (finding,) = _steering_findings(out.verdicts[0])
+    assert finding.source == "projection" and finding.threshold == 0.0 and 0.0 <= finding.score <= 1.0
+    assert "steering/concept-score" in finding.detail
+
+
+def test_only_the_methods_that_ran_are_recorded():
+    from safeguard.testing import tiny
+
+    pipe = tiny.sd_pipeline()
+    # strong warms guidance up for ceil(0.1 * steps) steps: with one step, guidance never acts.
+    out = _run(_protect(pipe, "strong"), "a red circle", num_inference_steps=1)
+    assert [f.source for f in _steering_findings(out.verdicts[0])] == ["projection"]
+    guided = _run(_with_method(_protect(pipe, "strong"), projection=False, guidance=True), "a red circle")
+    assert [f.source for f in _steering_findings(guided.verdicts[0])] == ["guidance"]
+
+
+def test_a_prompt_meant_to_be_steered_that_nothing_steered_is_withheld():
+    from safeguard.testing import tiny
+
+    pipe = tiny.sd_pipeline()
+    # Guidance alone, for one step inside its warm-up: the hooks run but change nothing.
+    guarded = _with_method(_protect(pipe, "strong"), projection=False, guidance=True)
+    out = _run(guarded, ["a blue circle", "a red circle"], num_inference_steps=1)
+    assert not out.verdicts[0].flagged and out.images[0].any()
+    assert out.verdicts[1].blocked
+    assert not any(f.action is Action.STEER for f in _steering_findings(out.verdicts[1]))
+    failure = next(f for f in out.verdicts[1].findings if f.category == "stage_failure")
+    assert failure.source == "steering" and "changed nothing" in failure.detail and "red" in failure.detail
+    assert not out.images[1].any(), "withheld, even under research"
+
+
+class _ThreadedSD(StableDiffusionPipeline):
+    """Runs its whole call in a worker thread of its own, where the call's steering hooks do not act."""
+
+    def __call__(self, *args, **kwargs):
+        result = []
+        worker = threading.Thread(target=lambda: result.append(super(_ThreadedSD, self).__call__(*args, **kwargs)))
+        worker.start()
+        worker.join()
+        return result[0]
+
+
+def test_a_pipeline_whose_denoiser_the_hooks_never_reach_is_not_reported_as_steered():
+    from safeguard.testing import tiny
+
+    pipe = _ThreadedSD(**tiny.sd_pipeline().components)
+    out = _run(_protect(pipe, "strong"), "a red circle")
+    verdict = out.verdicts[0]
+    assert verdict.blocked and not any(f.action is Action.STEER and f.stage == "steering" for f in verdict.findings)
+    assert any(f.category == "stage_failure" and f.source == "steering" for f in verdict.findings)
+    assert not out.images.any()

@@ -202,10 +202,15 @@ def test_prompt_embeds_alone_are_scored_by_the_toy_text_encoder(world: ToyWorld)
         pipe, policy=world.policy, preset="research", steering=False, on_block="return", config=accept
     )
     embeds, _ = pipe.encode_prompt(["a crimson circle", "a green square"], pipe.device, 1, False)
-    out = guarded(prompt_embeds=embeds, num_inference_steps=2, output_type="np")
+    seeded = {"num_inference_steps": 2, "output_type": "np"}
+    out = guarded(prompt_embeds=embeds, generator=torch.Generator().manual_seed(0), **seeded)
     assert [v.action.value for v in out.prompt_verdicts] == ["block", "allow"]
     assert out.prompt_verdicts[0].findings[0].source == "encoder"
-    assert len(out.images) == 0
+    # The blocked row never runs: its slot is withheld, and the other is what its embeddings give alone.
+    assert [v.blocked for v in out.verdicts] == [True, False]
+    assert not out.images[0].any()
+    alone = guarded(prompt_embeds=embeds[1:], generator=torch.Generator().manual_seed(0), **seeded)
+    assert np.array_equal(out.images[1], alone.images[0])
     with pytest.raises(safeguard.PromptBlocked):
         safeguard.protect(pipe, policy=world.policy, preset="research", config=accept)(
             prompt_embeds=embeds[:1], num_inference_steps=2

@@ -12,7 +12,9 @@ Steering is adaptive. A prompt is steered, for a category, when
 A call with no steered prompt installs nothing and does no extra work, so its output is bit-identical to the
 unprotected pipeline's. A steered call gets two forward hooks on the denoiser, removed when the call ends,
 also when it raises: they swap in projected embeddings for the steered prompts' rows and, when the preset
-asks for it, add safety guidance (:mod:`safeguard.steering.guidance`). No component is modified.
+asks for it, add safety guidance (:mod:`safeguard.steering.guidance`). No component is modified. What the
+hooks changed is recorded (:class:`SteeringRecord`): each steered image's verdict names the categories, the
+methods that ran and the strength, and a prompt meant to be steered that nothing steered is blocked.
 
 Example:
     >>> import safeguard
@@ -27,6 +29,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -46,9 +49,68 @@ from safeguard.steering.projection import (
     project,
     steering_phrases,
 )
-from safeguard.verdict import Action, Verdict
+from safeguard.verdict import Action, Finding, Verdict
 
-__all__ = ["ConceptSteeringStage", "build_steering_stage"]
+__all__ = ["ConceptSteeringStage", "SteerReason", "SteeringRecord", "build_steering_stage"]
+
+
+@dataclass(frozen=True)
+class SteerReason:
+    """Why a prompt is steered for a category: the score that reached the steer band, its threshold, and where
+    the score came from (``"prompt/keyword"``, ``"prompt/semantic"``, ... or ``"steering/concept-score"``)."""
+
+    score: float
+    threshold: float
+    basis: str
+
+
+class SteeringRecord:
+    """What steering did in one call, per prompt; read it once the call has returned.
+
+    Only what changed a generation counts: a projection that left every token as it was, or hooks that never
+    acted (a pipeline that runs its denoiser in a thread of its own), steered nothing.
+    """
+
+    def __init__(
+        self, policy: Policy, strength: str, reasons: list[dict[str, SteerReason]], hooks: DenoiserHooks
+    ) -> None:
+        self.policy = policy
+        self.strength = strength
+        self.reasons = reasons
+        self.hooks = hooks
+
+    def verdicts(self) -> list[Verdict]:
+        """Per prompt, the verdict to join to each of its images.
+
+        A steered prompt gets one ``steer`` finding per category (stage ``steering``, source the methods that
+        ran: ``projection``, ``guidance`` or ``projection+guidance``). A prompt meant to be steered that nothing
+        steered gets a ``stage_failure`` block, so its images are withheld: a prompt in the steer band is never
+        returned as if it had been steered. A prompt left alone gets an empty allow.
+        """
+        policy = self.policy
+        out = []
+        for reasons, methods in zip(self.reasons, self.hooks.methods(), strict=True):
+            if not reasons:
+                out.append(Verdict.allow(policy.id, policy.version))
+                continue
+            why = "; ".join(
+                f"{c}: {r.basis} score {r.score:.3g} >= threshold {r.threshold:.3g}" for c, r in sorted(reasons.items())
+            )
+            if not methods:
+                detail = f"in the steer band ({why}), but {self.strength} steering changed nothing in its generation"
+                out.append(Verdict.stage_failure(policy, "steering", "steering", detail))
+                continue
+            findings = [self._finding(category, r, methods) for category, r in sorted(reasons.items())]
+            out.append(Verdict.for_stage(findings, {}, policy, "steering"))
+        return out
+
+    def _finding(self, category: str, reason: SteerReason, methods: tuple[str, ...]) -> Finding:
+        detail = (
+            f"{self.strength} steering ({' and '.join(methods)}) of {category}: {reason.basis} score "
+            f"{reason.score:.3g} >= threshold {reason.threshold:.3g}"
+        )
+        source = "+".join(methods)
+        return Finding(category, reason.score, reason.threshold, "steering", Action.STEER, source, detail)
 
 
 class ConceptSteeringStage:
@@ -78,27 +140,37 @@ class ConceptSteeringStage:
         call_kwargs: dict[str, Any],
         prompt_verdicts: Sequence[Verdict],
         arguments: Mapping[str, Any] | None = None,
-    ) -> AbstractContextManager[None]:
-        """Steer this call's flagged prompts; a call with none gets a no-op context and no hook.
+    ) -> AbstractContextManager[SteeringRecord | None]:
+        """Steer this call's flagged prompts; a call with none gets a no-op context (it yields None) and no hook.
 
-        ``arguments`` are all of the call's arguments by name (positional ones included); without them the
-        stage reads ``call_kwargs``.
+        The context yields a :class:`SteeringRecord`, whose :meth:`~SteeringRecord.verdicts` say after the call
+        what steering did to each prompt's images. ``arguments`` are all of the call's arguments by name
+        (positional ones included); without them the stage reads ``call_kwargs``.
         """
         adapter = adapter_for(type(pipeline))
-        steer = self.categories_to_steer(pipeline, prompt_verdicts, arguments if arguments is not None else call_kwargs)
-        if not any(steer):
+        reasons = self._reasons(pipeline, prompt_verdicts, arguments if arguments is not None else call_kwargs)
+        if not any(reasons):
             return nullcontext()
-        return self._steered(pipeline, adapter, steer)
+        return self._steered(pipeline, adapter, reasons)
 
     def categories_to_steer(
         self, pipeline: Any, prompt_verdicts: Sequence[Verdict], arguments: Mapping[str, Any]
     ) -> list[tuple[str, ...]]:
         """Per prompt, the categories to steer (empty for a prompt left alone)."""
-        chosen: list[set[str]] = [set() for _ in prompt_verdicts]
+        return [tuple(sorted(r)) for r in self._reasons(pipeline, prompt_verdicts, arguments)]
+
+    def _reasons(
+        self, pipeline: Any, prompt_verdicts: Sequence[Verdict], arguments: Mapping[str, Any]
+    ) -> list[dict[str, SteerReason]]:
+        """Per prompt, each category to steer with the score and threshold that put it in the steer band."""
+        chosen: list[dict[str, SteerReason]] = [{} for _ in prompt_verdicts]
         for i, verdict in enumerate(prompt_verdicts):
             for finding in verdict.findings:
                 if finding.action in (Action.STEER, Action.BLOCK) and finding.category in self.categories:
-                    chosen[i].add(finding.category)
+                    known = chosen[i].get(finding.category)
+                    if known is None or finding.score > known.score:
+                        basis = f"{finding.stage}/{finding.source}"
+                        chosen[i][finding.category] = SteerReason(finding.score, finding.threshold, basis)
         prompt = arguments.get("prompt")
         if self.categories and (prompt is None or not self.settings.prompt.enabled):
             scores = self.concept_scores(pipeline, prompt, arguments)
@@ -106,9 +178,9 @@ class ConceptSteeringStage:
                 steer, block = self.settings.prompt.thresholds.for_category(category)
                 lower = steer if steer is not None else block
                 for i, value in enumerate(values.tolist()[: len(chosen)]):
-                    if value >= lower:
-                        chosen[i].add(category)
-        return [tuple(sorted(c)) for c in chosen]
+                    if value >= lower and category not in chosen[i]:
+                        chosen[i][category] = SteerReason(value, lower, "steering/concept-score")
+        return chosen
 
     def concept_scores(
         self, pipeline: Any, prompt: str | list[str] | None, arguments: Mapping[str, Any] | None = None
@@ -138,8 +210,11 @@ class ConceptSteeringStage:
 
     # -- one steered call ------------------------------------------------------------------------------
     @contextmanager
-    def _steered(self, pipe: Any, adapter: FamilyAdapter, steer: list[tuple[str, ...]]) -> Iterator[None]:
+    def _steered(
+        self, pipe: Any, adapter: FamilyAdapter, reasons: list[dict[str, SteerReason]]
+    ) -> Iterator[SteeringRecord]:
         preset = self.preset
+        steer = [tuple(sorted(r)) for r in reasons]
         params = preset.projection
 
         def project_fn(own: Encoded, length: int) -> list[Encoded | None]:
@@ -175,7 +250,7 @@ class ConceptSteeringStage:
         hooks = DenoiserHooks(pipe, adapter, plan)
         try:
             hooks.install()
-            yield
+            yield SteeringRecord(self.policy, preset.name, reasons, hooks)
         finally:
             hooks.remove()
 
@@ -241,7 +316,7 @@ def build_steering_stage(policy: Policy, settings: Settings) -> SteeringStage | 
     Example:
         >>> from safeguard.config import resolve_settings
         >>> from safeguard.policy import load_policy
-        >>> build_steering_stage(load_policy(), resolve_settings()) is None
+        >>> build_steering_stage(load_policy(), resolve_settings(preset="strict")) is None
         True
         >>> build_steering_stage(load_policy(), resolve_settings(preset="research", steering="max")).preset.name
         'max'

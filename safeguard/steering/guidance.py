@@ -96,6 +96,10 @@ class DenoiserHooks:
         self._pending: dict[str, Any] | None = None
         self._momentum: torch.Tensor | None = None
         self._step = 0
+        # What actually changed each prompt's generation, for the verdict: a hook that never acted (the
+        # denoiser ran in another thread) or a projection that kept every token must not be reported as steering.
+        self._projected_prompts = [False] * len(plan.flagged)
+        self._guided_counts: torch.Tensor | None = None
 
     def install(self) -> DenoiserHooks:
         denoiser = getattr(self.pipe, self.adapter.denoiser)
@@ -106,6 +110,16 @@ class DenoiserHooks:
     def remove(self) -> None:
         while self._handles:
             self._handles.pop().remove()
+
+    def methods(self) -> list[tuple[str, ...]]:
+        """Per prompt, the methods that changed its generation so far: ``"projection"`` and/or ``"guidance"``."""
+        guided = [False] * len(self.plan.flagged)
+        if self._guided_counts is not None:
+            guided = self._guided_counts.gt(0).tolist()  # one device sync per call, not one per step
+        return [
+            tuple(name for name, done in (("projection", projected), ("guidance", g)) if done)
+            for projected, g in zip(self._projected_prompts, guided, strict=True)
+        ]
 
     # -- before the denoiser runs ----------------------------------------------------------------------
     def _pre(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -179,7 +193,9 @@ class DenoiserHooks:
             grown_pooled = grown_pooled.clone()
             grown_pooled[rows:] = torch.cat(extra_pooled).to(grown_pooled)  # type: ignore[arg-type]
             adapter.set_pooled(kwargs, grown_pooled)
-        self._pending = {"rows": rows, "cfg": cfg, "batch": batch, "offset": offset, "images": images}
+        self._pending = {
+            "rows": rows, "cfg": cfg, "batch": batch, "offset": offset, "images": images, "per_prompt": per_prompt
+        }  # fmt: skip
         self.plan.stats["extra_rows"] += len(source)
         return args, kwargs
 
@@ -201,8 +217,11 @@ class DenoiserHooks:
                     continue
                 rows = slice(offset + j * per_prompt, offset + (j + 1) * per_prompt)
                 new_hidden[rows] = encoded.tokens.to(new_hidden)
+                changed = not torch.equal(new_hidden[rows], hidden[rows])
                 if new_pooled is not None and encoded.pooled is not None:
                     new_pooled[rows] = encoded.pooled.to(new_pooled)
+                    changed = changed or not torch.equal(new_pooled[rows], pooled[rows])  # type: ignore[index]
+                self._projected_prompts[j] = self._projected_prompts[j] or changed
             self._projection = ((hidden, pooled, offset), (new_hidden, new_pooled))
         return self._projection[1]
 
@@ -233,6 +252,11 @@ class DenoiserHooks:
         result = base.clone()
         if warm:
             result[offset + index] = (e_p - term).to(result.dtype)
+            # Per prompt, how many of its images' predictions the term changed (read once, in methods()).
+            moved = term.flatten(1).ne(0).any(dim=1).float()
+            owners = index.div(pending["per_prompt"], rounding_mode="floor")
+            counts = torch.zeros(len(self.plan.flagged), device=term.device).index_add_(0, owners, moved)
+            self._guided_counts = counts if self._guided_counts is None else self._guided_counts + counts
         if isinstance(output, tuple):
             return (result, *output[1:])
         output.sample = result
