@@ -19,7 +19,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shlex
 import sys
@@ -28,19 +27,21 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safeguard.policy import load_policy
+from safeguard.reports.data import policy_categories_of, read_labelled_csv
 from safeguard.stages.encoder import calibrate_encoder
 from safeguard.testing.toy import TOY_WORLD_DIR, labelled_prompts, toy_world
 
 
 def read_csvs(paths: list[Path], known: set[str]) -> tuple[list[str], list[list[str]]]:
-    """Prompts and their category labels (empty for safe prompts; unsafe ones keep the policy's categories)."""
+    """Prompts and their category labels: empty for benign prompts; unsafe ones get the policy categories their
+    source categories map to (:func:`safeguard.reports.data.policy_categories_of`). Unsafe rows whose categories
+    map to none, and borderline rows, are left out: they are neither positives nor negatives."""
     prompts, labels = [], []
-    for path in paths:
-        with path.open(encoding="utf-8", newline="") as handle:
-            for row in csv.DictReader(handle):
-                prompts.append(row["prompt"])
-                categories = [c for c in row.get("categories", "").split(";") if c in known]
-                labels.append(categories if row["label"] == "unsafe" else [])
+    for row in (row for path in paths for row in read_labelled_csv(path)):
+        categories = sorted(policy_categories_of(row.categories, known))
+        if row.label == "benign" or (row.label == "unsafe" and categories):
+            prompts.append(row.prompt)
+            labels.append(categories if row.label == "unsafe" else [])
     return prompts, labels
 
 

@@ -3,7 +3,7 @@
 
 What it does, in one run:
 1. reads the CSVs (``id,prompt,label,categories,source``) and maps each source's category names onto policy
-   categories (table ``SOURCE_CATEGORIES`` below); ``unsafe`` rows are positives of their mapped categories,
+   categories (``safeguard.reports.data.SOURCE_CATEGORIES``); ``unsafe`` rows are positives of their mapped categories,
    ``benign`` rows and ``configs/semantic/benign_lookalikes.txt`` are negatives, ``borderline`` rows are not used;
    the policy's own concept phrases and keywords, in a few templates, are extra positives;
 2. keeps a quarter of every file aside (by a hash of the row id) for the figures it prints;
@@ -28,7 +28,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import hashlib
 import json
@@ -44,21 +43,13 @@ import numpy as np
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safeguard.policy import DEFAULT_POLICY, load_policy
+from safeguard.reports.data import policy_categories_of, read_labelled_csv
 from safeguard.semantic import OnnxMiniLMEncoder, StaticMiniLMEncoder, _tokenizer, cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_FOLDER = ROOT.parent / "shared" / "datasets"
 LOOKALIKES = ROOT / "configs" / "semantic" / "benign_lookalikes.txt"
 
-#: Source category names (lower case) -> policy category ids. Unmapped names give no positives.
-SOURCE_CATEGORIES = {
-    "sexual": ["sexual"],
-    "violence": ["violence"],
-    "violent": ["violence"],
-    "self-harm": ["self_harm"],
-    "hate": ["hate"],
-    "shocking": ["gore"],
-}
 TEMPLATES = ["{}", "a photo of {}", "{}, digital art", "a detailed painting of {}", "{}, highly detailed, 4k"]
 #: Style phrases common in community prompts. Benign prompts are repeated with them, so that the heads learn the
 #: subject of a prompt and not its style: unsafe sets collected from prompt-sharing sites are full of these
@@ -105,19 +96,13 @@ def held_out(row_id: str) -> bool:
 
 def read_data(folder: Path, policy_categories: set[str]) -> list[dict]:
     rows = []
-    for path in sorted(folder.glob("*.csv")):
-        with path.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if row["label"] == "borderline" or not row["prompt"].strip():
-                    continue
-                cats = set()
-                for name in row["categories"].lower().split("|"):
-                    cats.update(c for c in SOURCE_CATEGORIES.get(name, []) if c in policy_categories)
-                if row["label"] == "unsafe" and not cats:
-                    continue
-                rows.append(
-                    {"text": row["prompt"], "cats": cats, "holdout": held_out(row["id"]), "source": row["source"]}
-                )
+    for row in (row for path in sorted(folder.glob("*.csv")) for row in read_labelled_csv(path)):
+        if row.label == "borderline":
+            continue
+        cats = policy_categories_of(row.categories, policy_categories)
+        if row.label == "unsafe" and not cats:
+            continue
+        rows.append({"text": row.prompt, "cats": cats, "holdout": held_out(row.id), "source": row.source})
     lines = [x.strip() for x in LOOKALIKES.read_text(encoding="utf-8").splitlines()]
     for i, line in enumerate(x for x in lines if x and not x.startswith("#")):
         for suffix in ["", *STYLE_SUFFIXES[:2]]:

@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import random
@@ -35,6 +34,7 @@ from calibrate_prompts import LOOKALIKES, held_out, misspell
 from safetensors.torch import save_file
 
 from safeguard.policy import DEFAULT_POLICY, load_policy
+from safeguard.reports.data import read_labelled_csv
 from safeguard.semantic import (
     STUDENT_LAYERS,
     STUDENT_MAX_TOKENS,
@@ -53,11 +53,8 @@ DEFAULT_FOLDER = ROOT.parent / "shared" / "datasets"
 def read_texts(folder: Path) -> tuple[list[str], list[str]]:
     """Training and held-out prompts, split as the calibration splits them."""
     train, held = [], []
-    for path in sorted(folder.glob("*.csv")):
-        with path.open(newline="", encoding="utf-8") as handle:
-            for row in csv.DictReader(handle):
-                if row["prompt"].strip():
-                    (held if held_out(row["id"]) else train).append(row["prompt"])
+    for row in (row for path in sorted(folder.glob("*.csv")) for row in read_labelled_csv(path)):
+        (held if held_out(row.id) else train).append(row.prompt)
     lines = [x.strip() for x in LOOKALIKES.read_text(encoding="utf-8").splitlines()]
     lines = [x for x in lines if x and not x.startswith("#")]
     for i, line in enumerate(lines):

@@ -18,7 +18,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import random
 import sys
@@ -28,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from safeguard.guard import Guard
 from safeguard.normalize import normalize
+from safeguard.reports.data import read_labelled_csv
 
 DEFAULT_FOLDER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
 HOMOGLYPHS = {"a": "а", "e": "е", "o": "о", "p": "р", "c": "с", "x": "х", "y": "у", "i": "і", "s": "ѕ"}
@@ -79,10 +79,8 @@ def main() -> int:
     args = parser.parse_args()
 
     guard = Guard.create(preset=args.preset)
-    unsafe = []
-    for path in sorted(args.folder.glob("*.csv")):
-        with path.open(newline="", encoding="utf-8") as handle:
-            unsafe += [r["prompt"] for r in csv.DictReader(handle) if r["label"] == "unsafe" and r["prompt"].strip()]
+    rows = [row for path in sorted(args.folder.glob("*.csv")) for row in read_labelled_csv(path)]
+    unsafe = [row.prompt for row in rows if row.label == "unsafe"]
     random.Random(args.seed).shuffle(unsafe)
     unsafe = [p[:2000] for p in unsafe]
     detected = [p for p, v in zip(unsafe, guard.check_prompts(unsafe), strict=True) if v.flagged][: args.limit]

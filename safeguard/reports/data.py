@@ -49,7 +49,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 #: Source category names (lower case) -> policy category ids, for the threshold sweeps: an ``unsafe`` row is a
 #: positive of the categories its names map to. Names not listed (bias, illegal activity, harassment, ...) name
-#: no single policy category. scripts/calibrate_prompts.py picks its positives with the same table.
+#: no single policy category. Every script that reads labelled CSVs maps categories with this table.
 SOURCE_CATEGORIES: dict[str, tuple[str, ...]] = {
     "sexual": ("sexual",),
     "violence": ("violence",),
