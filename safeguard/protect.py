@@ -130,6 +130,9 @@ class ProtectedPipeline:
             return self._guard
         if not isinstance(toggles, Mapping):
             raise ConfigError(f"safeguard= takes a mapping of stage toggles, got {type(toggles).__name__}")
+        # Read once into plain values: the cache key and the guard must come from the same reading, so a mapping
+        # or a str subclass that answers differently on a second read cannot file weaker settings under a key.
+        toggles = {_plain_key(name): _plain_value(name, value) for name, value in dict(toggles).items()}
         unknown = sorted(set(toggles) - set(CALL_TOGGLES))
         if unknown:
             raise ConfigError(
@@ -137,7 +140,7 @@ class ProtectedPipeline:
             )
         if not toggles:
             return self._guard
-        key = tuple(sorted((name, type(value).__name__, repr(value)) for name, value in toggles.items()))
+        key = tuple(sorted((name, type(value).__name__, value) for name, value in toggles.items()))
         with self._call_guards_lock:
             guard = self._call_guards.get(key)
             if guard is None:
@@ -179,10 +182,11 @@ class ProtectedPipeline:
             run_verdicts = [prompt_verdicts[i] for i in keep]
 
             output_type = arguments.get("output_type", "pil")
-            if guard.image_stages and output_type == "latent":
+            if output_type == "latent" and (guard.image_stages or guard.settings.disclosure.enabled):
                 raise ConfigError(
-                    "output_type='latent' skips decoding, so the output stage cannot check the images; "
-                    "ask for 'pil', 'np' or 'pt', or turn the output stage off where the preset allows it"
+                    "output_type='latent' skips decoding, so the output stage cannot check the images and the "
+                    "watermark cannot be added; ask for 'pil', 'np' or 'pt', or turn the output stage and "
+                    "disclosure off where the preset allows it"
                 )
 
             check = _OutputCheck(guard, call)
@@ -596,6 +600,21 @@ def _refuse_embeds(arguments: dict[str, Any], preset: str) -> None:
             "denoiser on tensors the prompt stage cannot read. A user config file or dict may set "
             "accept_prompt_embeds: true where the preset does not lock it"
         )
+
+
+def _plain_key(name: Any) -> str:
+    if type(name) is not str:
+        raise ConfigError(f"safeguard= toggle names are strings, got {type(name).__name__}")
+    return name
+
+
+def _plain_value(name: str, value: Any) -> bool | str:
+    """``value`` as a plain bool or str; anything else (a subclass included) is refused."""
+    if type(value) is bool:
+        return value
+    if isinstance(value, str):
+        return str.__str__(value)
+    raise ConfigError(f"safeguard={{{name!r}: ...}} must be True, False or a name, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)

@@ -232,3 +232,21 @@ def test_on_sdxl_with_diffusers_watermarker_ours_goes_on_top():
     out = _run(safeguard.protect(pipe), **size)
     assert np.array_equal(out.images, mark_images(theirs, DisclosureSettings(True, 0))[0])
     assert detect_image(out.images[0]).found
+
+
+def test_a_record_never_claims_a_mark_that_does_not_read_back():
+    settings = DisclosureSettings(True, 5)
+    flat = np.zeros((2, 256, 256, 3), np.float32)
+    flat[0, ..., 2] = 1.0  # pure blue: saturated chroma leaves the transform no room
+    flat[1] = 0.5
+    marked, records = mark_images(flat, settings)
+    assert records[0]["watermark"] is None and "does not read back" in records[0]["reason"]
+    assert np.array_equal(marked[0], flat[0])
+    assert records[1]["watermark"] and detect_image(marked[1]).payload.generator_id == 5
+
+
+def test_uint8_batches_stay_8_bit_when_marked():
+    batch = (_photo(256)[None]).copy()
+    marked, records = mark_images(batch, DisclosureSettings(True, 6))
+    assert marked.dtype == np.uint8 and marked.max() > 200 and np.abs(marked.astype(int) - batch).max() < 40
+    assert records[0]["watermark"] and detect(marked[0]).payload.generator_id == 6

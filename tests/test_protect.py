@@ -321,3 +321,52 @@ def test_per_call_toggles_reject_unknown_names_and_wrong_shapes(make_pipeline):
         _run(guarded, "a lighthouse", safeguard=["output"])
     with pytest.raises(ConfigError, match="output"):
         _run(guarded, "a lighthouse", safeguard={"output": "no"})
+
+
+def test_per_call_toggles_are_read_once_so_a_hostile_mapping_cannot_poison_the_cache(make_pipeline):
+    from collections.abc import Mapping
+
+    class Flipping(Mapping):
+        """Answers "blur" to the first read of its value and "flag" to every later one."""
+
+        def __init__(self):
+            self.reads = 0
+
+        def __iter__(self):
+            return iter(["redaction"])
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, key):
+            self.reads += 1
+            return "blur" if self.reads == 1 else "flag"
+
+    class Sly(str):
+        def __repr__(self):
+            return "'black'"
+
+    guarded = safeguard.protect(make_pipeline(), preset="balanced")
+    first = guarded._guard_for(Flipping())
+    honest = guarded._guard_for({"redaction": "blur"})
+    assert first.settings.output.redaction == honest.settings.output.redaction == "blur"
+    guarded._guard_for({"redaction": Sly("flag")})
+    assert guarded._guard_for({"redaction": "black"}).settings.output.redaction == "black"
+    with pytest.raises(ConfigError, match="must be True, False or a name"):
+        guarded._guard_for({"output": 0})
+
+    class Keys(dict):
+        """Lists one key when iterated and another through keys()."""
+
+        def __iter__(self):
+            return iter(["output"])
+
+    with pytest.raises(ConfigError, match="image_model"):
+        guarded._guard_for(Keys(output=True, image_model="/nonexistent"))
+
+
+def test_latent_output_is_refused_while_disclosure_is_on(make_pipeline):
+    guarded = safeguard.protect(make_pipeline(), output=False)  # balanced: disclosure on
+    with pytest.raises(ConfigError, match="watermark cannot be added"):
+        _run(guarded, "a lighthouse", output_type="latent")
+    assert _run(safeguard.protect(make_pipeline(), output=False, disclosure=False), "a lighthouse", output_type="latent")

@@ -7,7 +7,9 @@ each gets a record of what was done, which the call puts in the image's verdict 
 are: there is nothing in them to disclose, and callers rely on their being empty. An image under 64 x 64 pixels
 cannot carry the 64-bit payload (see :func:`~safeguard.disclosure.watermark.can_mark`); it is returned unmarked and
 its record says so, since no generated image of a real model is that small and refusing the call would only push
-hosts to turn disclosure off.
+hosts to turn disclosure off. A mark is kept only when it reads back from the image rounded to 8 bits; where it does
+not (flat, fully saturated colours leave the transform no room), the image is returned unmarked and its record says
+so: a record never claims a mark that is not there.
 
 Example:
     >>> import numpy as np
@@ -16,7 +18,7 @@ Example:
     >>> batch[1] = 0.0  # a withheld image
     >>> marked, records = mark_images(batch, DisclosureSettings(enabled=True, generator_id=9))
     >>> marked.dtype, detect_image(marked[0]).payload.generator_id, records[1]
-    (dtype('float32'), 9, {'watermark': None, 'reason': 'withheld: nothing was returned'})
+    (dtype('float32'), 9, {'watermark': None, 'reason': 'not marked: the image is all black (withheld or blacked out)'})
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ __all__ = ["Record", "detect_image", "mark_images", "mark_rgb", "rgb_array"]
 
 #: What was done about one returned image's disclosure; see the module docstring.
 Record = dict[str, Any]
-_WITHHELD: Record = {"watermark": None, "reason": "withheld: nothing was returned"}
+_WITHHELD: Record = {"watermark": None, "reason": "not marked: the image is all black (withheld or blacked out)"}
 
 
 def mark_rgb(rgb: np.ndarray, generator_id: int) -> tuple[np.ndarray, Record]:
@@ -46,7 +48,10 @@ def mark_rgb(rgb: np.ndarray, generator_id: int) -> tuple[np.ndarray, Record]:
         reason = f"not marked: a {width}x{height} image is too small to carry the watermark (64x64 or larger)"
         return rgb, {"watermark": None, "reason": reason}
     payload = Payload(generator_id, content_tag(rgb))
-    return embed(rgb, payload), {"watermark": payload.hex(), "generator_id": generator_id}
+    marked = embed(rgb, payload)
+    if detect(np.round(marked)).payload != payload:
+        return rgb, {"watermark": None, "reason": "not marked: the mark does not read back from this image's colours"}
+    return marked, {"watermark": payload.hex(), "generator_id": generator_id}
 
 
 def rgb_array(image: Any) -> np.ndarray:
@@ -90,7 +95,8 @@ def mark_images(images: Any, settings: DisclosureSettings) -> tuple[Any, list[Re
                 records.append(dict(_WITHHELD))
                 continue
             rgb, record = mark_rgb(rgb_array(image), generator_id)
-            out[i] = (rgb / 255.0).astype(images.dtype) if record["watermark"] else image
+            if record["watermark"]:
+                out[i] = _like(rgb, images.dtype)
             records.append(record)
         return out, records
     if isinstance(images, torch.Tensor):
@@ -105,6 +111,13 @@ def mark_images(images: Any, settings: DisclosureSettings) -> tuple[Any, list[Re
             records.append(record)
         return out, records
     raise InputError(f"cannot watermark returned images of type {type(images).__name__}")
+
+
+def _like(rgb: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A marked ``[0, 255]`` image in the array's own convention: 8-bit values for uint8, ``[0, 1]`` for floats."""
+    if dtype == np.uint8:
+        return np.round(rgb).clip(0, 255).astype(np.uint8)
+    return (rgb / 255.0).astype(dtype)
 
 
 def _mark_pil(image: Any, generator_id: int) -> tuple[Image.Image, Record]:
