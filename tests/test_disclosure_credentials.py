@@ -218,3 +218,19 @@ def test_without_the_disclosure_extra_verify_still_reads_the_watermark(generated
     monkeypatch.setitem(__import__("sys").modules, "cryptography", None)
     assert main(["credentials", "init", str(tmp_path / "creds")]) == EXIT_ERROR
     assert "pip install 'diffusers-safeguard[disclosure]'" in capsys.readouterr().err
+
+
+def test_signing_refuses_the_verdict_of_another_image(credentials, tmp_path):
+    from safeguard.testing import tiny
+
+    guarded = safeguard.protect(tiny.sd_pipeline())
+    out = guarded(
+        ["a lighthouse at dawn", "a red bicycle"],
+        num_inference_steps=2,
+        height=256,
+        width=256,
+        generator=torch.Generator().manual_seed(0),
+    )
+    with pytest.raises(InputError, match="pass the verdict of this image"):
+        safeguard.save(out.images[0], tmp_path / "x.png", verdict=out.verdicts[1], credentials=credentials)
+    assert safeguard.save(out.images[0], tmp_path / "x.png", verdict=out.verdicts[0], credentials=credentials).signed

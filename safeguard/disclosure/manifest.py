@@ -156,7 +156,8 @@ def sign_image_bytes(data: bytes, mime: str, verdict: Verdict, credentials: Cred
     """``data`` (a PNG or JPEG file's bytes) with a signed C2PA manifest embedded; the watermark is read from it.
 
     Raises:
-        InputError: ``mime`` is not image/png or image/jpeg, or ``data`` is not an image of that type.
+        InputError: ``mime`` is not image/png or image/jpeg, ``data`` is not an image of that type, or its
+            watermark is not the one ``verdict`` records (the verdict of another image).
         ConfigError: c2pa-python is missing or rejects the credentials.
     """
     from PIL import Image
@@ -170,7 +171,15 @@ def sign_image_bytes(data: bytes, mime: str, verdict: Verdict, credentials: Cred
         image.load()
     except OSError as err:
         raise InputError(f"not a readable {mime} image: {err}") from err
-    assertion = disclosure_assertion(verdict, detect_image(image))
+    detection = detect_image(image)
+    recorded = (verdict.disclosure or {}).get("watermark")
+    if recorded and detection.payload is not None and detection.payload.hex() != recorded:
+        # The credentials would tie this image to another image's decision.
+        raise InputError(
+            f"the image carries watermark {detection.payload.hex()} but the verdict records {recorded}: "
+            "pass the verdict of this image"
+        )
+    assertion = disclosure_assertion(verdict, detection)
     c2pa = load_c2pa()
     settings = {"builder": {"thumbnail": {"enabled": False}}, "verify": {"remote_manifest_fetch": False}}
     try:
