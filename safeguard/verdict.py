@@ -109,6 +109,12 @@ class Verdict:
         if self.disclosure is not None:
             object.__setattr__(self, "disclosure", MappingProxyType(dict(self.disclosure)))
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # The read-only mappings cannot be pickled themselves: rebuild from plain dicts (process pools, deepcopy).
+        disclosure = None if self.disclosure is None else dict(self.disclosure)
+        fields = (self.action, self.findings, dict(self.category_scores), self.policy_id, self.policy_version)
+        return (type(self), (*fields, self.stages, disclosure))
+
     @property
     def blocked(self) -> bool:
         return self.action is Action.BLOCK

@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -62,3 +63,18 @@ def test_verdict_scores_are_read_only():
     v = Verdict.from_findings([_finding(STAGE_FAILURE, Action.BLOCK)], {"a": 1.0}, policy_id="p", policy_version="1")
     with pytest.raises(TypeError):
         v.category_scores["a"] = 0.0  # type: ignore[index]
+
+
+def test_verdicts_pickle_and_deepcopy_with_their_read_only_mappings():
+    import copy
+    import pickle
+
+    hit = Finding("sexual", score=1.0, threshold=0.5, stage="image", action=Action.BLOCK, source="opennsfw")
+    verdict = replace(
+        Verdict.from_findings([hit], {"sexual": 1.0}, policy_id="p", policy_version="1", stages=("output",)),
+        disclosure={"watermark": None, "reason": "not marked"},
+    )
+    for clone in (pickle.loads(pickle.dumps(verdict)), copy.deepcopy(verdict)):
+        assert clone == verdict and clone.to_dict() == verdict.to_dict()
+        with pytest.raises(TypeError):
+            clone.category_scores["sexual"] = 0.0  # still read-only
