@@ -1,6 +1,6 @@
 """``safeguard demo``: every stage at work on the toy world, written to a folder with a contact sheet.
 
-The toy world (:mod:`safeguard.testing.toy`) is a tiny Stable Diffusion pipeline trained on coloured shapes whose
+The toy world (:mod:`safeguard.toy`) is a tiny Stable Diffusion pipeline trained on coloured shapes whose
 policy prohibits red; it ships inside the package, so the demo runs offline in seconds with nothing else
 installed. Three rows, each with the same seeds:
 
@@ -83,7 +83,7 @@ def run_demo(out: Path, *, steps: int = 20, seed: int = 0) -> DemoResult:
 
     import safeguard
     from safeguard.reports.sheets import Tile, contact_sheet
-    from safeguard.testing.toy import toy_world
+    from safeguard.toy import toy_world
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -65,7 +65,7 @@ def main() -> int:
             if label == "moderation only":
                 served_rps = len(samples) / elapsed
         # In-process, same prompts, same run: one prompt per call, like one moderation request.
-        from safeguard.testing.toy import TOY_WORLD_DIR
+        from safeguard.toy import TOY_WORLD_DIR
 
         policy = TOY_WORLD_DIR / "policy.yaml"
         safeguard.check_prompts(PROMPTS, policy, "balanced")  # warm the cached guard

@@ -29,7 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from safeguard.policy import load_policy
 from safeguard.reports.data import policy_categories_of, read_labelled_csv
 from safeguard.stages.encoder import calibrate_encoder
-from safeguard.testing.toy import TOY_WORLD_DIR, labelled_prompts, toy_world
+from safeguard.toy import TOY_WORLD_DIR, labelled_prompts, toy_world
 
 
 def read_csvs(paths: list[Path], known: set[str]) -> tuple[list[str], list[list[str]]]:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         world = toy_world(args.toy_path)
         pipeline, policy = world.pipeline, world.policy
         prompts, labels = labelled_prompts(args.toy, seed=0)
-        data = f"{args.toy} toy captions (safeguard.testing.toy.labelled_prompts, seed 0)"
+        data = f"{args.toy} toy captions (safeguard.toy.labelled_prompts, seed 0)"
         out = args.out or args.toy_path / "encoder_calibration.yaml"
     else:
         if not (args.pipeline and args.policy and args.data and args.out):

@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 import safeguard
-from safeguard.testing.toy import dominant_colour, shows_shape, toy_world
+from safeguard.toy import dominant_colour, shows_shape, toy_world
 
 PROMPTS = {"a red circle": "red", "a crimson circle": "red", "a blue circle": "blue", "a green square": "green"}
 METHODS = {"projection": (True, False), "guidance": (False, True), "both": (True, True)}

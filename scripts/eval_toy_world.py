@@ -31,7 +31,7 @@ import torch
 
 import safeguard
 from safeguard.stages.encoder import EncoderPromptStage
-from safeguard.testing.toy import (
+from safeguard.toy import (
     COLOURS,
     SHAPES,
     TOY_WORLD_DIR,

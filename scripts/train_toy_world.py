@@ -1,7 +1,7 @@
 """Train the toy world from scratch: a tiny CLIP, a pixel-space VAE and a tiny Stable Diffusion UNet.
 
 Everything is seeded; on the same machine and thread count two runs give the same weights. The full run
-takes about 25 minutes on 2 CPU cores and writes the folder that ``safeguard.testing.toy.toy_world()`` loads:
+takes about 25 minutes on 2 CPU cores and writes the folder that ``safeguard.toy.toy_world()`` loads:
 
     toy_world/
         policy.yaml, README.md      (kept as they are)
@@ -10,7 +10,7 @@ takes about 25 minutes on 2 CPU cores and writes the folder that ``safeguard.tes
         clip/                       CLIPModel folder; its text tower is the pipeline's text encoder file
 
 Phases, in order (each one's time is printed):
-    1. data:  a pool of rendered scenes and their tokenized captions (safeguard.testing.toy.make_batch)
+    1. data:  a pool of rendered scenes and their tokenized captions (safeguard.toy.make_batch)
     2. clip:  contrastive training of CLIPModel; targets treat scenes with the same content as matches
     3. vae:   a one-block AutoencoderKL constructed (not trained) to be the identity: latents are pixels
     4. unet:  v-prediction DDPM on pixels, conditioned on the frozen CLIP text encoder, with 10% empty
@@ -18,7 +18,7 @@ Phases, in order (each one's time is printed):
     5. calibrate: thresholds for prompt scores from the new text encoder (encoder_calibration.yaml)
 
 Usage:
-    python scripts/train_toy_world.py                       # full run, writes safeguard/testing/toy_world
+    python scripts/train_toy_world.py                       # full run, writes safeguard/toy_world
     python scripts/train_toy_world.py --out /tmp/tw --quick # seconds-long smoke run
     python scripts/eval_toy_world.py --path /tmp/tw         # judge what was written
 """
@@ -55,7 +55,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 
 from safeguard.stages.encoder import calibrate_encoder
 from safeguard.testing.tiny import clip_tokenizer
-from safeguard.testing.toy import IMAGE_SIZE, TOY_WORLD_DIR, Scene, labelled_prompts, make_batch, toy_world
+from safeguard.toy import IMAGE_SIZE, TOY_WORLD_DIR, Scene, labelled_prompts, make_batch, toy_world
 
 # OpenAI CLIP's normalisation constants, so generic CLIP preprocessing code works with the toy CLIP too.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -529,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         prompts,
         labels,
         provenance={
-            "data": f"{len(prompts)} toy captions (safeguard.testing.toy.labelled_prompts, seed {settings.seed})",
+            "data": f"{len(prompts)} toy captions (safeguard.toy.labelled_prompts, seed {settings.seed})",
             "command": "scripts/train_toy_world.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         },
     )

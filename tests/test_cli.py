@@ -18,7 +18,7 @@ import safeguard
 from safeguard.cli import EXIT_ALLOWED, EXIT_BLOCKED, EXIT_BROKEN_PIPE, EXIT_ERROR, _parser, main
 from safeguard.config import resolve_settings
 from safeguard.guard import Guard
-from safeguard.testing.toy import POLICY_PATH
+from safeguard.toy import POLICY_PATH
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +74,7 @@ def test_policy_listing(capsys):
 def test_demo_runs_the_toy_world_and_writes_a_contact_sheet(tmp_path, capsys):
     from PIL import Image
 
-    from safeguard.testing.toy import dominant_colour
+    from safeguard.toy import dominant_colour
 
     assert main(["demo", "--out", str(tmp_path)]) == EXIT_ALLOWED
     records = json.loads((tmp_path / "verdicts.json").read_text())

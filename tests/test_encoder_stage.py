@@ -15,7 +15,7 @@ from safeguard.errors import ConfigError
 from safeguard.policy import load_policy
 from safeguard.stages.encoder import EncoderCalibration, EncoderPromptStage, calibrate_encoder, encoder_probe
 from safeguard.testing import tiny
-from safeguard.testing.toy import POLICY_PATH, labelled_prompts
+from safeguard.toy import POLICY_PATH, labelled_prompts
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import safeguard
-from safeguard.testing.toy import dominant_colour, toy_world
+from safeguard.toy import dominant_colour, toy_world
 
 pytestmark = [
     pytest.mark.gpu,

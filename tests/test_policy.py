@@ -123,7 +123,7 @@ def test_configs_ship_inside_the_wheel(tmp_path):
 
 
 def test_image_model_brings_its_own_neutral_concepts_and_templates(tmp_path):
-    from safeguard.testing.toy import POLICY_PATH
+    from safeguard.toy import POLICY_PATH
 
     toy = load_policy(POLICY_PATH)
     assert toy.image_model is not None
@@ -197,7 +197,7 @@ def test_a_policy_without_the_locked_child_safety_rule_is_a_config_error(tmp_pat
 
 
 def test_the_toy_world_policy_has_its_own_locked_child_safety_rule():
-    from safeguard.testing.toy import POLICY_PATH
+    from safeguard.toy import POLICY_PATH
 
     toy = load_policy(POLICY_PATH)
     assert toy.locked_categories == ("child_safety",)

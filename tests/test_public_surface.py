@@ -56,3 +56,21 @@ def test_blocked_exceptions_carry_their_verdict():
     verdict = safeguard.check_prompt("a pipe bomb")
     err = safeguard.PromptBlocked("blocked", verdict)
     assert err.verdict is verdict and err.verdicts == (verdict,)
+
+
+def test_production_code_never_imports_the_test_helpers():
+    import ast
+    from pathlib import Path
+
+    root = Path(safeguard.__file__).resolve().parent
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if "testing" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            if any(n == "safeguard.testing" or n.startswith("safeguard.testing.") for n in names):
+                offenders.append(str(path.relative_to(root)))
+    assert offenders == [], offenders

@@ -12,7 +12,7 @@ import pytest
 from safeguard.checks import check_prompts
 from safeguard.cli import EXIT_BLOCKED, EXIT_ERROR, main
 from safeguard.reports.progress import ProgressBar
-from safeguard.testing.toy import POLICY_PATH, make_batch
+from safeguard.toy import POLICY_PATH, make_batch
 
 TOY_POLICY = str(POLICY_PATH)
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"

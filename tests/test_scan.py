@@ -13,7 +13,7 @@ from PIL import Image
 
 from safeguard.cli import EXIT_ALLOWED, EXIT_BLOCKED, EXIT_ERROR, main
 from safeguard.reports.commands import EXIT_UNCHECKED
-from safeguard.testing.toy import POLICY_PATH, make_batch
+from safeguard.toy import POLICY_PATH, make_batch
 
 TOY_POLICY = str(POLICY_PATH)
 PHOTOS = {

@@ -2,7 +2,7 @@
 skip the interception, diffusers' own checker, non-finite images, verdicts that contradict themselves, the
 steer band and stage deadlines.
 
-The toy world (``safeguard.testing.toy_world()``) makes prohibited content visible: its policy prohibits red,
+The toy world (``safeguard.toy.toy_world()``) makes prohibited content visible: its policy prohibits red,
 its CLIP sees red, and its pixel judge says what an image shows without any model.
 """
 
@@ -27,7 +27,7 @@ import safeguard
 from safeguard.guard import Guard
 from safeguard.stages.keywords import KeywordPromptStage
 from safeguard.testing import tiny
-from safeguard.testing.toy import ToyWorld, dominant_colour, toy_world
+from safeguard.toy import ToyWorld, dominant_colour, toy_world
 from safeguard.verdict import STAGE_FAILURE, Action, Verdict
 
 STEPS = 4

@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 
 def _factory() -> tuple[Any, Any]:
-    from safeguard.testing.toy import toy_world
+    from safeguard.toy import toy_world
 
     world = toy_world()
     pipe = world.pipeline

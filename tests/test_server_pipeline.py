@@ -41,7 +41,7 @@ def test_a_generation_past_the_deadline_gets_504_and_no_image(tmp_path):
     release = threading.Event()
 
     def slow_toy_world() -> tuple[Any, Any]:
-        from safeguard.testing.toy import toy_world
+        from safeguard.toy import toy_world
 
         world = toy_world()
         pipe = world.pipeline

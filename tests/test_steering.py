@@ -25,7 +25,7 @@ from safeguard.steering import (
     project,
     sld_term,
 )
-from safeguard.testing.toy import POLICY_PATH
+from safeguard.toy import POLICY_PATH
 from safeguard.verdict import Action
 
 STEPS = 2

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from safeguard.testing.toy import (
+from safeguard.toy import (
     COLOURS,
     IMAGE_SIZE,
     MARGIN,

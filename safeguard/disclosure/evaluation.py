@@ -1,7 +1,7 @@
 """Measuring the watermark: robustness to common sharing, false detections on unmarked images, and cost.
 
 Used by ``scripts/eval_watermark.py``. Images come from what is on the machine: the photographs bundled with
-scikit-image (at several crops and sizes), toy-world renders (``safeguard.testing.toy``) and procedural images.
+scikit-image (at several crops and sizes), toy-world renders (``safeguard.toy``) and procedural images.
 Each attack maps an 8-bit RGB array to another, as sharing an image would.
 
 Two methods are compared on the same images and the same 64-bit word: ``safeguard`` (this package's watermark)
@@ -106,7 +106,7 @@ def _long_side(rgb: np.ndarray, side: int) -> np.ndarray:
 
 
 def _toy(seed: int, size: int) -> np.ndarray:
-    from safeguard.testing.toy import render_scene, sample_scene
+    from safeguard.toy import render_scene, sample_scene
 
     return render_scene(sample_scene(np.random.default_rng(seed), size), size)
 
@@ -313,7 +313,7 @@ def toy_world_call_ms(size: int, steps: int, disclosure: bool, repeats: int) -> 
     import torch
 
     import safeguard
-    from safeguard.testing.toy import toy_world
+    from safeguard.toy import toy_world
 
     world = toy_world()
     guarded = safeguard.protect(world.pipeline, policy=world.policy, preset="research", disclosure=disclosure)

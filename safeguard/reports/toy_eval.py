@@ -1,10 +1,10 @@
 """The toy world's end-to-end figures for ``safeguard eval --toy-world``: what each stage buys on generated images.
 
-The toy pipeline draws coloured shapes and its policy prohibits red (:mod:`safeguard.testing.toy`). For every
+The toy pipeline draws coloured shapes and its policy prohibits red (:mod:`safeguard.toy`). For every
 stage choice (prompt, steering, output: all, each alone, all but one, none) the same prompts are generated with
 the same seeds under the ``research`` preset, with ``on_block="return"`` so that a blocked prompt returns its
 verdicts instead of raising, and flagged images returned as they are (its ``flag`` redaction), so that each
-image's colour can be judged by pixel statistics (:func:`safeguard.testing.toy.dominant_colour`), never by a
+image's colour can be judged by pixel statistics (:func:`safeguard.toy.dominant_colour`), never by a
 model. Per request image:
 
 * **prohibited delivered**: the prompt asks for red, and the image came back red without a flag (a leak);
@@ -65,7 +65,7 @@ def evaluate_toy_world(
     import torch
 
     import safeguard
-    from safeguard.testing.toy import dominant_colour, toy_world
+    from safeguard.toy import dominant_colour, toy_world
 
     asked = dict(prompts or TOY_PROMPTS)
     world = toy_world()

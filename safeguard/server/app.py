@@ -158,7 +158,7 @@ class _Engine:
 
     def _default_factory(self) -> tuple[Any, Any]:
         if self.settings.pipeline is None:
-            from safeguard.testing.toy import toy_world
+            from safeguard.toy import toy_world
 
             world = toy_world()
             return world.pipeline, world.policy_path

@@ -275,10 +275,13 @@ def _tokenizer_for(model: Any) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(path)
-    from safeguard.testing.tiny import clip_tokenizer
+    from transformers import CLIPTokenizer
 
-    # The real CLIP vocabulary, built offline: every CLIP checkpoint uses it.
-    return clip_tokenizer()
+    from safeguard.toy import TOY_WORLD_DIR
+
+    # Every CLIP checkpoint uses the same vocabulary, and the toy world ships it (its pipeline's tokenizer is the
+    # real CLIP one); only the context length differs.
+    return CLIPTokenizer.from_pretrained(TOY_WORLD_DIR / "pipeline" / "tokenizer", model_max_length=77)
 
 
 # Concept embeddings per encoder module, then per (policy id, version, phrases): dropped with the model.

@@ -265,7 +265,7 @@ def calibrate_encoder(
 
     Example:
         >>> from safeguard.policy import load_policy
-        >>> from safeguard.testing import toy_world
+        >>> from safeguard.toy import toy_world
         >>> w = toy_world()
         >>> cal = calibrate_encoder(w.pipeline, w.policy, ["a red circle", "a blue square"], [["red"], []])
         >>> 0.0 <= cal.thresholds["red"][1] <= 1.0

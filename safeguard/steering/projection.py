@@ -79,7 +79,7 @@ def concept_pairs(category: Category) -> tuple[list[str], list[str]]:
 
     Example:
         >>> from safeguard.policy import load_policy
-        >>> from safeguard.testing.toy import POLICY_PATH
+        >>> from safeguard.toy import POLICY_PATH
         >>> concept_pairs(load_policy(POLICY_PATH)["red"])[1][:2]
         ['a shape', 'a shape']
     """

@@ -1,4 +1,6 @@
-"""Helpers for tests and experiments: tiny real pipelines (``tiny``) and the trained toy world (``toy_world``).
+"""Helpers for tests and experiments: tiny real pipelines at random weights (``tiny``).
+
+The trained toy world, which the demo, the host service's default and the evaluations use, is :mod:`safeguard.toy`.
 
 Example:
     >>> from safeguard.testing import tiny
@@ -7,6 +9,5 @@ Example:
 """
 
 from safeguard.testing import tiny
-from safeguard.testing.toy import ToyWorld, toy_world
 
-__all__ = ["ToyWorld", "tiny", "toy_world"]
+__all__ = ["tiny"]

@@ -8,7 +8,7 @@ safety plugin can be tested end to end on a pipeline that really draws what it i
 
 This module holds the pieces that both the training script (``scripts/train_toy_world.py``) and the tests
 need: the data generator, the pixel-statistics judge (``dominant_colour``, ``shows_shape``) and the loader
-(``toy_world``) for the committed weights in ``safeguard/testing/toy_world/``.
+(``toy_world``) for the committed weights in ``safeguard/toy_world/``.
 
 Example:
     >>> import numpy as np
