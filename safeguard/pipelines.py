@@ -17,7 +17,7 @@ import diffusers
 
 from safeguard.errors import UnsupportedPipelineError
 
-__all__ = ["PipelineSpec", "spec_for", "supported_pipelines"]
+__all__ = ["PipelineSpec", "spec_for"]
 
 
 @dataclass(frozen=True)
@@ -50,11 +50,6 @@ _REGISTRY: dict[str, PipelineSpec] = {
     "FluxPipeline": _FLUX,
     "FluxImg2ImgPipeline": _FLUX,
 }
-
-
-def supported_pipelines() -> list[str]:
-    """Names of the supported pipeline classes."""
-    return list(_REGISTRY)
 
 
 def spec_for(pipeline_class: type) -> PipelineSpec:
