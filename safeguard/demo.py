@@ -136,11 +136,10 @@ def _outcome(verdict: Any) -> str:
 
 def _test_credentials(out: Path) -> Path | None:
     """A test CA and signer under ``out/credentials`` when c2pa-python is installed (the disclosure extra)."""
-    import importlib.util
-
     from safeguard.disclosure import create_test_credentials
+    from safeguard.disclosure.manifest import c2pa_available
 
-    if importlib.util.find_spec("c2pa") is None:
+    if not c2pa_available():
         return None
     folder = out / "credentials"
     if not (folder / "signer.key").is_file():

@@ -140,7 +140,7 @@ class ProtectedPipeline:
             )
         if not toggles:
             return self._guard
-        key = tuple(sorted((name, type(value).__name__, value) for name, value in toggles.items()))
+        key = tuple(sorted(toggles.items()))  # plain bools and strs now: equal keys mean equal settings
         with self._call_guards_lock:
             guard = self._call_guards.get(key)
             if guard is None:

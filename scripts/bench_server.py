@@ -10,13 +10,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
-import tempfile
 import time
-from pathlib import Path
 
 import safeguard
-from safeguard.server.keys import KeyStore
 from safeguard.server.loadgen import RequestSpec, ServerProcess, endpoint_figures, run_clients
 
 PROMPTS = ["a blue square", "a red circle", "a small green triangle on a white background", "a scarlet star"]
@@ -29,12 +25,7 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000, help="count bound per phase")
     parser.add_argument("--port", type=int, default=8791)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="safeguard-bench-"))
-    _, token = KeyStore(work / "keys.json").add("bench", "balanced", rate_per_minute=10_000_000)
-    config = work / "server.yaml"
-    limits = {"queue_size": 64, "rate_per_minute": 10_000_000}
-    config.write_text(json.dumps({"keys": "keys.json", "audit": {"path": "audit.jsonl"}, "limits": limits}))
-    server = ServerProcess(config, port=args.port, log=work / "server.log")
+    server, token, _ = ServerProcess.for_load("bench", args.port)
     server.start()
     try:
         moderation = [RequestSpec("moderations", "POST", "/v1/moderations", {"input": p}) for p in PROMPTS]

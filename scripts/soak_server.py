@@ -11,12 +11,9 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from pathlib import Path
 
-from safeguard.server.keys import KeyStore
 from safeguard.server.loadgen import RequestSpec, ServerProcess, endpoint_figures, rss_bytes, run_clients
 
 SPECS = [
@@ -50,12 +47,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--port", type=int, default=8792)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="safeguard-soak-"))
-    _, token = KeyStore(work / "keys.json").add("soak", "balanced", rate_per_minute=10_000_000)
-    config = work / "server.yaml"
-    limits = {"queue_size": 64, "rate_per_minute": 10_000_000}
-    config.write_text(json.dumps({"keys": "keys.json", "audit": {"path": "audit.jsonl"}, "limits": limits}))
-    server = ServerProcess(config, port=args.port, log=work / "server.log")
+    server, token, work = ServerProcess.for_load("soak", args.port)
     server.start()
     rss: list[int] = [rss_bytes(server.pid)]
     stop = threading.Event()
@@ -88,7 +80,7 @@ def main() -> int:
             f"  {name:12s} n={fig['count']:5d} p50 {fig['p50_ms']:7.2f} ms p99 {fig['p99_ms']:8.2f} ms "
             f"statuses {fig['statuses']} unexpected {fig['unexpected']}"
         )
-    tenth = max(1, len(rss) // 10)
+    tenth = min(len(rss) - 1, max(1, len(rss) // 10))  # a short run may have a single sample
     print(
         f"== RSS first {rss[0] / 2**20:.1f} MiB, after warm-up {rss[tenth] / 2**20:.1f} MiB, "
         f"last {rss[-1] / 2**20:.1f} MiB ({len(rss)} samples)"

@@ -30,7 +30,7 @@ import torch
 from PIL import Image
 
 from safeguard.config import DisclosureSettings
-from safeguard.disclosure.watermark import Detection, Payload, can_mark, content_tag, detect, embed
+from safeguard.disclosure.watermark import Detection, Payload, can_mark, content_tag, detect, embed, reads_back
 from safeguard.errors import InputError
 
 __all__ = ["Record", "detect_image", "mark_images", "mark_rgb", "rgb_array"]
@@ -49,7 +49,7 @@ def mark_rgb(rgb: np.ndarray, generator_id: int) -> tuple[np.ndarray, Record]:
         return rgb, {"watermark": None, "reason": reason}
     payload = Payload(generator_id, content_tag(rgb))
     marked = embed(rgb, payload)
-    if detect(np.round(marked)).payload != payload:
+    if not reads_back(marked, payload):
         return rgb, {"watermark": None, "reason": "not marked: the mark does not read back from this image's colours"}
     return marked, {"watermark": payload.hex(), "generator_id": generator_id}
 

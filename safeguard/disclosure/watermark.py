@@ -63,6 +63,7 @@ __all__ = [
     "detect",
     "embed",
     "read_bits",
+    "reads_back",
 ]
 
 MARKER = 0x5347  # "SG"
@@ -336,6 +337,23 @@ def embed(image: np.ndarray, payload: Payload) -> np.ndarray:
                 yuv[: change.shape[0], : change.shape[1], channel] += change
         rgb = np.clip((yuv - _OFFSET) @ _YUV_TO_RGB.T, 0.0, 255.0)
     return rgb
+
+
+def reads_back(image: np.ndarray, payload: Payload) -> bool:
+    """Whether ``image`` (as :func:`embed` returned it, rounded to 8 bits here) reads back as ``payload`` on the
+    grid it was marked on: the one read a marked image needs, cheaper than :func:`detect`'s search.
+
+    Example:
+        >>> flat = np.zeros((128, 128, 3))
+        >>> flat[..., 2] = 255.0  # pure blue leaves the mark no room
+        >>> reads_back(embed(flat, Payload(1, 2)), Payload(1, 2))
+        False
+    """
+    rgb = np.round(_as_rgb(image))
+    height, width = rgb.shape[:2]
+    side = next((side for side in GRIDS if side <= max(height, width)), None)
+    decoded = _decode_word(read_bits(rgb, "native" if side is None else str(side)))
+    return decoded is not None and decoded[0] == payload
 
 
 def read_bits(image: np.ndarray, grid: str) -> np.ndarray:

@@ -221,6 +221,22 @@ class ServerProcess:
         self.config, self.port, self.log, self.extra_args = config, port, log, tuple(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
 
+    @classmethod
+    def for_load(cls, name: str, port: int) -> tuple[ServerProcess, str, Path]:
+        """A server set up for load runs in a new temporary folder: one ``balanced`` key named ``name`` and limits
+        high enough not to shape the figures (queue 64, ten million requests a minute). Returns the unstarted
+        server, the key's token and the folder (keys, settings, audit log and server log)."""
+        import tempfile
+
+        from safeguard.server.keys import KeyStore
+
+        work = Path(tempfile.mkdtemp(prefix=f"safeguard-{name}-"))
+        _, token = KeyStore(work / "keys.json").add(name, "balanced", rate_per_minute=10_000_000)
+        config = work / "server.yaml"
+        limits = {"queue_size": 64, "rate_per_minute": 10_000_000}
+        config.write_text(json.dumps({"keys": "keys.json", "audit": {"path": "audit.jsonl"}, "limits": limits}))
+        return cls(config, port=port, log=work / "server.log"), token, work
+
     @property
     def pid(self) -> int:
         if self.process is None:
