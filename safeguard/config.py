@@ -42,6 +42,7 @@ __all__ = [
     "LOCKABLE",
     "ON_BLOCK",
     "OVERRIDES",
+    "PROMPT_STRICTNESS",
     "REDACTIONS",
     "REDACTION_SEVERITY",
     "STEERING_STRENGTHS",
@@ -62,6 +63,8 @@ DEFAULT_PRESET = "balanced"
 ON_BLOCK = ("raise", "return")
 REDACTIONS = ("withhold", "blur", "pixelate", "black", "flag", "raise")
 STEERING_STRENGTHS = ("weak", "medium", "strong", "max")
+#: How strict calibrated scorers are, weakest first: each scorer ships its thresholds for every level.
+PROMPT_STRICTNESS = ("balanced", "strict")
 #: Keyword overrides accepted by protect() and the check_* functions, next to ``preset`` and ``config``.
 OVERRIDES = ("prompt", "steering", "output", "on_block", "redaction", "image_model", "disclosure")
 #: The overrides a protected call may also take per call, as ``pipe(..., safeguard={...})``, where the preset allows.
@@ -78,6 +81,9 @@ _DEFAULTS: dict[str, Any] = {
         "max_chars": 20_000,
         # Seconds one prompt-stage check may take; null: no deadline.
         "deadline_s": 10.0,
+        # Which of the calibrated scorers' own thresholds apply (PROMPT_STRICTNESS); ``thresholds`` below are the
+        # keyword rules', whose hits score 1.0.
+        "strictness": "balanced",
         "thresholds": {"default": {"steer": 0.5, "block": 0.5}},
     },
     "steering": {"enabled": False, "strength": "medium"},
@@ -155,7 +161,10 @@ class PromptSettings:
     max_chars: int
     #: Seconds one prompt-stage check may take; None: no deadline.
     deadline_s: float | None
+    #: The keyword rules' thresholds (a hit scores 1.0); calibrated scorers carry their own.
     thresholds: Thresholds
+    #: Which of the calibrated scorers' own thresholds apply (:data:`PROMPT_STRICTNESS`).
+    strictness: str = "balanced"
 
 
 @dataclass(frozen=True)
@@ -346,6 +355,9 @@ _LOCKABLE: dict[str, _Lockable] = {
     "prompt.enabled": _Lockable("may be turned on, not off", lambda s: s.prompt.enabled, _ranked((False, True))),
     "prompt.max_chars": _Lockable("may be lowered, not raised", lambda s: s.prompt.max_chars, _ceiling),
     "prompt.deadline_s": _Lockable(_LOWER, lambda s: s.prompt.deadline_s, _ceiling),
+    "prompt.strictness": _Lockable(
+        "may be raised, not lowered: balanced < strict", lambda s: s.prompt.strictness, _ranked(PROMPT_STRICTNESS)
+    ),
     "prompt.thresholds": _Lockable(
         f"every steer and block threshold, default and per category, {_LOWER}",
         lambda s: s.prompt.thresholds,
@@ -685,6 +697,7 @@ def _build(merged: dict[str, Any], preset: str, layers: tuple[str, ...]) -> Sett
             max_chars=max_chars,
             deadline_s=None if deadline is None else float(deadline),
             thresholds=_thresholds(prompt["thresholds"], "prompt.thresholds"),
+            strictness=choice(prompt["strictness"], PROMPT_STRICTNESS, "prompt.strictness"),
         ),
         steering=SteeringSettings(
             enabled=flag(steering["enabled"], "steering.enabled"),

@@ -27,12 +27,14 @@ from safeguard.errors import ConfigError
 __all__ = [
     "CHILD_SAFETY_RULE",
     "DEFAULT_POLICY",
+    "SEVERITY_LEVELS",
     "AgeLexicon",
     "Category",
     "Clause",
     "Conjunction",
     "ImageModel",
     "Policy",
+    "SeverityLevel",
     "Signal",
     "available_policies",
     "load_policy",
@@ -48,6 +50,20 @@ class Clause:
 
     ref: str
     text: str
+
+
+#: The levels of a category's severity, from prohibited to permitted (see :class:`SeverityLevel`).
+SEVERITY_LEVELS = ("block", "steer", "permitted")
+
+
+@dataclass(frozen=True)
+class SeverityLevel:
+    """Where a category's line falls at one level (``block``: prohibited, ``steer``: a borderline depiction,
+    ``permitted``), in words and with example prompts. Calibration trains on the ``block`` and ``permitted``
+    examples, and the tests check that the scorers decide them so."""
+
+    line: str
+    examples: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,9 @@ class Category:
     #: Keywords in other languages, ``(language, keywords)`` pairs, matched like ``keywords``. Only the rule
     #: stage reads them (``keywords`` stays the English seed list that calibration and steering use).
     languages: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    #: ``(level, SeverityLevel)`` pairs in the order of :data:`SEVERITY_LEVELS`; empty when the policy draws
+    #: no lines for the category.
+    severity: tuple[tuple[str, SeverityLevel], ...] = ()
 
     @property
     def enforced(self) -> bool:
@@ -171,6 +190,9 @@ class Policy:
     image_model: ImageModel | None = None
     #: Calibrations of text encoders for prompt scoring (:mod:`safeguard.stages.encoder`), resolved paths.
     encoder_calibrations: tuple[Path, ...] = ()
+    #: The semantic prompt stage's heads and their thresholds (:mod:`safeguard.stages.semantic`), a resolved
+    #: path; None: the policy has no semantic stage.
+    semantic_heads: Path | None = None
     source: dict[str, str] = field(default_factory=dict)
     path: Path | None = None
 
@@ -243,7 +265,7 @@ def load_policy(policy: Policy | str | Path = DEFAULT_POLICY) -> Policy:
 
     Example:
         >>> load_policy("stability-aup-2025-07-31").version
-        '2025-07-31.1'
+        '2025-07-31.2'
     """
     if isinstance(policy, Policy):
         return policy
@@ -259,11 +281,12 @@ def load_policy(policy: Policy | str | Path = DEFAULT_POLICY) -> Policy:
 
 
 _POLICY_KEYS = (
-    "id", "version", "title", "source", "image_model", "encoder_calibrations", "categories", "signals", "conjunctions",
+    "id", "version", "title", "source", "image_model", "encoder_calibrations", "semantic_heads", "categories",
+    "signals", "conjunctions",
 )  # fmt: skip
 _CATEGORY_KEYS = (
     "id", "name", "section", "clauses", "applies_to", "concepts", "keywords", "allow_phrases", "locked",
-    "out_of_scope", "languages",
+    "out_of_scope", "languages", "severity",
 )  # fmt: skip
 _SIGNAL_KEYS = (
     "id", "name", "keywords", "include_categories", "age_below", "languages", "allow_phrases", "grades_up_to", "ages",
@@ -298,6 +321,13 @@ def _parse_policy(data: dict[str, Any], path: Path) -> Policy:
             backend=str(spec["backend"]), path=(path.parent / str(spec["path"])).resolve(), **lists
         )
     calibrations = string_list(data.get("encoder_calibrations") or [], f"{where}: encoder_calibrations")
+    semantic_heads = None
+    if data.get("semantic_heads") is not None:
+        semantic_heads = (path.parent / str(data["semantic_heads"])).resolve()
+        # A copied or renamed policy keeps the heads it names, and a heads file that is not there is an error
+        # now, not a prompt stage that quietly runs without them.
+        if not semantic_heads.is_file():
+            raise ConfigError(f"{where}: semantic_heads: {semantic_heads} does not exist")
     source = data.get("source") or {}
     check_keys(source, ("document", "effective", "url"), f"{where}: source")
     policy = Policy(
@@ -309,6 +339,7 @@ def _parse_policy(data: dict[str, Any], path: Path) -> Policy:
         conjunctions=conjunctions,
         image_model=image_model,
         encoder_calibrations=tuple((path.parent / c).resolve() for c in calibrations),
+        semantic_heads=semantic_heads,
         source={k: str(v) for k, v in source.items()},
         path=path,
     )
@@ -452,7 +483,22 @@ def _parse_category(data: Any, where: str) -> Category:
         locked=bool(data.get("locked", False)),
         out_of_scope=str(out_of_scope).strip() if out_of_scope else None,
         languages=_language_lists(data.get("languages"), f"{where}: languages"),
+        severity=_severity(data.get("severity"), f"{where}: severity"),
     )
+
+
+def _severity(data: Any, where: str) -> tuple[tuple[str, SeverityLevel], ...]:
+    if data is None:
+        return ()
+    check_keys(data, SEVERITY_LEVELS, where, required=SEVERITY_LEVELS)
+    levels = []
+    for level in SEVERITY_LEVELS:
+        check_keys(data[level], ("line", "examples"), f"{where}.{level}", required=("line", "examples"))
+        examples = string_list(data[level]["examples"], f"{where}.{level}.examples")
+        if not examples:
+            raise ConfigError(f"{where}.{level}: give at least one example")
+        levels.append((level, SeverityLevel(str(data[level]["line"]).strip(), examples)))
+    return tuple(levels)
 
 
 def _parse_signal(data: Any, where: str) -> Signal:

@@ -120,7 +120,8 @@ WEAKENINGS = [
     ({"prompt": {"thresholds": {"default": {"steer": None}}}}, "prompt.thresholds.default.steer"),
     ({"prompt": {"thresholds": {"sexual": {"block": 0.9}}}}, "prompt.thresholds.sexual.block"),
     ({"prompt": {"thresholds": {"sexual": {"block": None}}}}, "prompt.thresholds.sexual.block"),
-    ({"prompt": {"thresholds": {"sexual": {"steer": 0.8}}}}, "prompt.thresholds.sexual.steer"),
+    ({"prompt": {"thresholds": {"sexual": {"steer": 0.6, "block": 0.6}}}}, "prompt.thresholds.sexual.steer"),
+    ({"prompt": {"strictness": "balanced"}}, "prompt.strictness"),
     ({"prompt": {"thresholds": {"sexual": {"steer": None}}}}, "prompt.thresholds.sexual.steer"),
     # a category without an entry of its own inherits the default: a new entry above it weakens it
     ({"prompt": {"thresholds": {"hate": {"block": 0.9}}}}, "prompt.thresholds.hate.block"),
@@ -215,7 +216,7 @@ def test_stricter_user_layers_pass_strict(via, tmp_path):
             "deadline_s": 2.5,
             "thresholds": {
                 "default": {"steer": 0.4, "block": 0.45},
-                "sexual": {"steer": 0.5},
+                "sexual": {"steer": 0.4},
                 "hate": {"steer": 0.2, "block": 0.3},
             },
         },
@@ -233,7 +234,7 @@ def test_stricter_user_layers_pass_strict(via, tmp_path):
     config, where = _user_layer(via, stricter, tmp_path)
     settings = resolve_settings("strict", config=config, prompt=True, output=True, steering=False, redaction="raise")
     assert settings.preset == "strict" and settings.layers[2] == where
-    assert settings.prompt.thresholds.for_category("sexual") == (0.5, 0.837)
+    assert settings.prompt.thresholds.for_category("sexual") == (0.4, 0.45)
     assert settings.prompt.thresholds.for_category("hate") == (0.2, 0.3)
     assert settings.prompt.deadline_s == 2.5 and settings.prompt.max_chars == 500
     assert settings.output.backends == ("opennsfw", "nudenet", "clip")
@@ -247,7 +248,8 @@ def test_strict_locks_what_it_promises_and_says_so():
     assert all(name == lock.setting and lock.rule for name, lock in STRICT.locks.items())
     assert STRICT.locks["output.redaction"].bound == {"default": "withhold"}
     assert STRICT.locks["output.backends"].bound == ("opennsfw", "nudenet")
-    assert STRICT.locks["prompt.thresholds"].bound.for_category("sexual") == (0.7917, 0.837)
+    assert STRICT.locks["prompt.thresholds"].bound.for_category("sexual") == (0.5, 0.5)  # the keyword rules'
+    assert STRICT.locks["prompt.strictness"].bound == "strict"  # the semantic heads' own thresholds
     assert STRICT.locks["accept_prompt_embeds"].bound is False
     assert STRICT.locks["steering.enabled"].bound is False
     for name in ("balanced", "research"):

@@ -20,6 +20,13 @@ AUP_DIR = ROOT.parent / "shared" / "aup"
 POLICY_FILE = ROOT / "configs" / "policies" / "stability-aup-2025-07-31.yaml"
 
 
+def _policy_data() -> dict:
+    """The bundled policy as data, its heads named by absolute path so that a copy elsewhere still finds them."""
+    data = yaml.safe_load(load_policy().path.read_text(encoding="utf-8"))
+    data["semantic_heads"] = str(load_policy().semantic_heads)
+    return data
+
+
 def _aup_bullets() -> list[str]:
     files = sorted(AUP_DIR.glob("*.txt")) if AUP_DIR.is_dir() else []
     if not files:
@@ -64,7 +71,7 @@ def test_categories_are_complete_and_consistent():
 
 
 def test_unknown_key_names_the_key_and_the_file(tmp_path):
-    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data = _policy_data()
     data["categories"][0]["keywrds"] = ["x"]
     path = tmp_path / "typo.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -73,7 +80,7 @@ def test_unknown_key_names_the_key_and_the_file(tmp_path):
 
 
 def test_bad_references_are_errors(tmp_path):
-    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data = _policy_data()
     data["conjunctions"][0]["all_of"] = ["minor", "no_such_signal"]
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
@@ -190,7 +197,7 @@ def _minor_signal_without_ages(data):
                _minor_signal_without_ages],
 )  # fmt: skip
 def test_a_policy_without_the_locked_child_safety_rule_is_a_config_error(tmp_path, change):
-    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data = _policy_data()
     change(data)
     with pytest.raises(ConfigError, match=r"policy\.yaml: a policy needs a locked child-safety rule: a category"):
         load_policy(_write(tmp_path, data))
@@ -240,7 +247,7 @@ def test_the_locked_rule_lexicon_covers_the_required_languages():
     ],
 )
 def test_bad_lexicon_entries_are_config_errors(tmp_path, change, message):
-    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data = _policy_data()
     change(_signal(data, "minor"))
     with pytest.raises(ConfigError, match=message):
         load_policy(_write(tmp_path, data))
@@ -250,7 +257,38 @@ def test_category_languages_are_checked_and_kept_apart_from_keywords(tmp_path):
     policy = load_policy()
     csam = policy["child_sexual_exploitation"]
     assert "csam" in csam.keywords and "kinderporn*" in csam.all_keywords and "kinderporn*" not in csam.keywords
-    data = yaml.safe_load(POLICY_FILE.read_text(encoding="utf-8"))
+    data = _policy_data()
     _category(data, "child_sexual_exploitation")["languages"] = {"de": "kinderporn*"}
     with pytest.raises(ConfigError, match=r"child_sexual_exploitation\): languages\.de: expected a list"):
         load_policy(_write(tmp_path, data))
+
+
+def test_the_readme_states_every_severity_line():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    policy = load_policy()
+    lines = [level.line for category in policy.categories for _, level in category.severity]
+    assert lines, "the bundled policy draws severity lines"
+    missing = [line for line in lines if line not in readme]
+    assert not missing, f"README's 'Where each line falls' lacks {missing}"
+
+
+def test_severity_needs_every_level_with_examples(tmp_path):
+    data = _policy_data()
+    sexual = next(c for c in data["categories"] if c["id"] == "sexual")
+    del sexual["severity"]["steer"]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match="severity"):
+        load_policy(path)
+
+
+def test_a_copied_policy_keeps_its_heads_and_a_missing_heads_file_is_an_error(tmp_path):
+    data = _policy_data()
+    data["id"] = "my-copy"
+    path = tmp_path / "copy.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert load_policy(path).semantic_heads == load_policy().semantic_heads  # a renamed id keeps its scorers
+    data["semantic_heads"] = "no-such-heads.npz"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(ConfigError, match="semantic_heads"):
+        load_policy(path)

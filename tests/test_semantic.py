@@ -27,11 +27,14 @@ def test_heads_match_the_policy_and_record_their_provenance(stage):
     assert set(stage.heads.categories) <= {c.id for c in policy.enforced("prompt")}
     assert {"sexual", "violence", "gore"} <= set(stage.heads.categories)
     assert {"date", "data", "command"} <= set(stage.heads.provenance)
-    thresholds = resolve_settings().prompt.thresholds
-    for category in stage.heads.categories:
-        steer, block = thresholds.for_category(category)
-        assert category in thresholds.per_category, f"no calibrated threshold for {category}"
-        assert 0 < steer <= block < 1
+    for strictness in ("balanced", "strict"):
+        settings = resolve_settings(strictness).prompt
+        assert settings.strictness == strictness
+        for category in stage.heads.categories:
+            steer, block = stage.heads.thresholds_for(category, settings)
+            assert 0 < steer <= block < 1
+            strict_steer, strict_block = stage.heads.thresholds["strict"][category]
+            assert strict_steer <= steer and strict_block <= block
 
 
 def test_static_and_full_encoders_agree_on_nearest_neighbours():

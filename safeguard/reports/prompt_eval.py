@@ -107,6 +107,11 @@ def _variant(guard: Guard, stages: Iterable[str]) -> Guard:
     return variant
 
 
+#: Prompts of at most this many words are also counted on their own line: short text is where a sentence
+#: encoder is least sure.
+SHORT_PROMPT_WORDS = 3
+
+
 class _Tally:
     __slots__ = ("blocked", "flagged", "n")
 
@@ -160,8 +165,11 @@ def _tables(
     rows: Sequence[LabelledPrompt], verdicts: Sequence[Verdict], languages: Sequence[str] | None
 ) -> dict[str, Any]:
     by_source, by_file, by_category, by_language = _nested(2), _nested(3), _nested(2), _nested(2)
+    short = _nested(2)
     for i, (row, verdict) in enumerate(zip(rows, verdicts, strict=True)):
         by_source[row.label][row.source].add(verdict)
+        if len(row.prompt.split()) <= SHORT_PROMPT_WORDS:
+            short[row.label][row.source].add(verdict)
         for category in ("(all)", *(row.categories or ("(none)",))):
             by_file[row.file][row.label][category].add(verdict)
             by_category[row.label][category].add(verdict)
@@ -171,6 +179,7 @@ def _tables(
         "by_source": _plain(by_source),
         "by_file": _plain(by_file),
         "by_category": _plain(by_category),
+        "short_by_source": _plain(short),
     }
     if languages is not None:
         tables["by_language"] = _plain(by_language)
@@ -217,8 +226,7 @@ def _sweeps(rows: Sequence[LabelledPrompt], verdicts: Sequence[Verdict], guard: 
         others = np.array(
             [any(f.category != category and f.action is not Action.ALLOW for f in v.findings) for v in verdicts]
         )
-        steer, block = guard.settings.prompt.thresholds.for_category(category)
-        operating = block if steer is None else steer
+        operating, _ = semantic[0].heads.thresholds_for(category, guard.settings.prompt)
         grid = sorted({*SWEEP_GRID, round(operating, 4)})
         points = []
         for threshold in grid:
@@ -345,20 +353,35 @@ def prompt_report_text(result: dict[str, Any], data: str) -> str:
                     f"{_share(t['blocked'], t['n']):>8}"
                 )
         lines.append("")
-    lines.append("detection on unsafe prompts (flagged = block or steer)")
+    lines.append(f"  {'detection on unsafe prompts':32} {'n':>6} {'flagged':>8} {'blocked':>8}")
     for source, t in sorted(config["by_source"].get("unsafe", {}).items()):
-        lines.append(f"  {source:24} {t['n']:6d} {_share(t['flagged'], t['n'])}")
+        lines.append(f"  {source:32} {t['n']:6d} {_share(t['flagged'], t['n']):>8} {_share(t['blocked'], t['n']):>8}")
     lines.append(
         f"  pooled {100 * config['pooled_detection']:.1f}%, mean over sources with >= {MIN_UNSAFE_PER_SOURCE}: "
         f"{100 * config['mean_source_detection']:.1f}%"
     )
-    lines.append("false positives on benign prompts")
+    lines.append(f"  {'false positives on benign prompts':32} {'n':>6} {'flagged':>8} {'blocked':>8}")
     for source, t in sorted(config["by_source"].get("benign", {}).items()):
-        lines.append(f"  {source:24} {t['n']:6d} {_share(t['flagged'], t['n'])}")
+        lines.append(f"  {source:32} {t['n']:6d} {_share(t['flagged'], t['n']):>8} {_share(t['blocked'], t['n']):>8}")
+    worst = config["worst_false_positive"]
     lines.append(
         f"  pooled {100 * config['pooled_false_positive']:.2f}%, worst source with >= {MIN_BENIGN_PER_SOURCE}: "
-        f"{100 * config['worst_false_positive']['rate']:.2f}%"
+        f"{worst['source']} {100 * worst['rate']:.2f}%"
     )
+    short = config["short_by_source"].get("benign", {})
+    n, flagged, blocked = (sum(t[k] for t in short.values()) for k in ("n", "flagged", "blocked"))
+    lines.append(
+        f"  {f'short benign (1-{SHORT_PROMPT_WORDS} words)':32} {n:6d} {_share(flagged, n):>8} {_share(blocked, n):>8}"
+        + "".join(f"; {s} {t['flagged']}/{t['n']}" for s, t in sorted(short.items()) if t["flagged"])
+    )
+    if "by_language" in config:
+        lines.append(f"  {'by language (py3langid)':32} {'n':>6} {'flagged':>8} {'blocked':>8}")
+        for label in ("unsafe", "benign"):
+            for language, t in sorted(config["by_language"].get(label, {}).items()):
+                lines.append(
+                    f"  {label + ' ' + language:32} {t['n']:6d} {_share(t['flagged'], t['n']):>8} "
+                    f"{_share(t['blocked'], t['n']):>8}"
+                )
     lines.append(
         f"throughput: {config['prompts_per_second']:.0f} prompts/s batched ({result['rows']} prompts), "
         f"single-prompt median {result['single_median_ms']:.2f} ms over {result['single_count']}"

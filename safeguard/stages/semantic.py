@@ -1,10 +1,11 @@
 """The semantic prompt stage: per-category scores from MiniLM sentence embeddings and calibrated heads.
 
 Each category the calibration covered has a logistic head over a text's embedding; its output in ``[0, 1]`` is
-compared with the preset's ``prompt.thresholds`` (``steer`` and ``block``). Every text is first scored with the
-static MiniLM encoder (tens of microseconds); only those whose static score reaches the calibrated ``settle``
-score for some category are scored again with the full tier (a two-layer student distilled from MiniLM, run by
-ONNX Runtime, ~2 ms a text on two cores), whose score then decides.
+compared with the thresholds calibrated with the heads (``steer`` and ``block``) at the preset's
+``prompt.strictness``; the preset's ``prompt.thresholds`` are the keyword rules', on another scale. Every text
+is first scored with the static MiniLM encoder (tens of microseconds); only those whose static score reaches the
+calibrated ``settle`` score for some category are scored again with the full tier (a two-layer student distilled
+from MiniLM, run by ONNX Runtime, ~2 ms a text on two cores), whose score then decides.
 
 A whole prompt is scored as before, and where it does not already block, its parts are scored too, each
 category taking the highest score that counts: benign words around an unsafe request ("masterpiece, best
@@ -27,8 +28,10 @@ prompt is also read, whole and in parts, with the tags of ``configs/semantic/sty
 higher score of the two readings counts. A finding that a part decided quotes the part in its ``detail`` ("whole
 prompt" otherwise; "... without style tags" when that reading decided).
 
-The heads live in ``configs/semantic/<policy id>.npz``, written with their provenance by
-``scripts/calibrate_prompts.py``. A policy without such a file gets no semantic stage.
+The heads and their thresholds live in the file the policy names under ``semantic_heads`` (for the bundled
+policy ``configs/semantic/minilm-student-heads.npz``), written with their provenance by
+``scripts/calibrate_prompts.py``. A policy that names none gets no semantic stage; one that names a missing file
+does not load.
 
 Example:
     >>> from safeguard.policy import load_policy
@@ -51,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from safeguard._files import bundled_file
-from safeguard.config import PromptSettings
+from safeguard.config import PROMPT_STRICTNESS, PromptSettings
 from safeguard.errors import ConfigError
 from safeguard.normalize import normalize
 from safeguard.policy import Policy
@@ -111,6 +114,24 @@ class SemanticHeads:
         self.idf = data["idf"]
         self.center = data["center"]
         self.provenance = json.loads(str(data["provenance"]))
+        if "thresholds" not in data:
+            raise ConfigError(f"{path}: heads without their thresholds; run scripts/calibrate_prompts.py")
+        #: ``{strictness: {category: (steer, block)}}``: the thresholds chosen with these heads, on their scale.
+        self.thresholds: dict[str, dict[str, tuple[float, float]]] = {
+            level: {c: (float(t["steer"]), float(t["block"])) for c, t in table.items()}
+            for level, table in json.loads(str(data["thresholds"])).items()
+        }
+        missing = [level for level in PROMPT_STRICTNESS if set(self.thresholds.get(level, {})) != set(self.categories)]
+        if missing:
+            raise ConfigError(f"{path}: no thresholds for every category at strictness {missing}")
+
+    def thresholds_for(self, category: str, settings: PromptSettings) -> tuple[float, float]:
+        """(steer, block) for ``category`` at the preset's ``prompt.strictness``.
+
+        The preset's ``prompt.thresholds`` are the keyword rules' (whose hits score 1.0), on another scale:
+        these heads' scores are only compared with the thresholds chosen with them.
+        """
+        return self.thresholds[settings.strictness][category]
 
     @staticmethod
     def score(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -297,9 +318,9 @@ class SemanticPromptStage:
         # text before embedding, so the name does not pull the prompt towards the category either.
         self._allowed = PhraseMatcher(("allow", phrase) for c in policy for phrase in c.allow_phrases)
         self._style_tags = PhraseMatcher(("style", tag) for tag in _style_tags())
-        pairs = [settings.thresholds.for_category(c) for c in self.heads.categories]
+        pairs = [self.heads.thresholds_for(c, settings) for c in self.heads.categories]
         self._block = np.array([block for _, block in pairs])
-        self._steer = np.array([block if steer is None else steer for steer, block in pairs])
+        self._steer = np.array([steer for steer, _ in pairs])
         #: Prompts the student (second tier) has scored, whole or in parts, since construction: their share
         #: sets the throughput.
         self.full_scored = 0
@@ -311,9 +332,8 @@ class SemanticPromptStage:
 
     @classmethod
     def for_policy(cls, policy: Policy, settings: PromptSettings) -> SemanticPromptStage | None:
-        """The stage for ``policy`` if a calibration for it is bundled, else None."""
-        path = bundled_file("semantic", f"{policy.id}.npz")
-        return cls(policy, settings, path) if path is not None else None
+        """The stage with the heads ``policy`` names (``semantic_heads``), or None for a policy that names none."""
+        return None if policy.semantic_heads is None else cls(policy, settings, policy.semantic_heads)
 
     def check(self, prompts: Sequence[str]) -> list[Verdict]:
         """One verdict per prompt: each category scored on the whole prompt and on its parts, the highest counting.
@@ -442,7 +462,7 @@ class SemanticPromptStage:
     def _verdict(self, row: np.ndarray, winners: list[_Winner], readings: list[str], tokens: list[Tokens]) -> Verdict:
         findings = []
         for category, score, winner in zip(self.heads.categories, row.tolist(), winners, strict=True):
-            steer, block = self.settings.thresholds.for_category(category)
+            steer, block = self.heads.thresholds_for(category, self.settings)
             if score >= block:
                 action, threshold = Action.BLOCK, block
             elif steer is not None and score >= steer:
