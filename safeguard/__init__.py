@@ -24,6 +24,7 @@ from safeguard.errors import (
     SafeguardError,
     UnsupportedPipelineError,
 )
+from safeguard.pipelines import PipelineFamily, register_pipeline, unregister_pipeline
 from safeguard.policy import Category, Policy, available_policies, load_policy
 from safeguard.protect import ProtectedPipeline, ProtectedPipelineOutput, protect, unprotect
 from safeguard.verdict import Action, Finding, Verdict
@@ -38,6 +39,7 @@ __all__ = [
     "Finding",
     "ImageBlocked",
     "InputError",
+    "PipelineFamily",
     "Policy",
     "PromptBlocked",
     "ProtectedPipeline",
@@ -54,8 +56,10 @@ __all__ = [
     "check_prompts",
     "load_policy",
     "protect",
+    "register_pipeline",
     "resolve_settings",
     "save",
     "unprotect",
+    "unregister_pipeline",
     "verify",
 ]

@@ -4,7 +4,7 @@ Every exception the library raises on purpose derives from :class:`SafeguardErro
 
     SafeguardError
     ├── ConfigError               bad policy, preset, user file or keyword override
-    ├── UnsupportedPipelineError  protect() got a pipeline class it has no adapter for
+    ├── UnsupportedPipelineError  protect() got a pipeline it cannot wrap, or steering on an unregistered class
     ├── InputError                a prompt or image that cannot be checked (empty, too long, wrong shape)
     └── ContentBlocked            the policy blocked something; carries the Verdict that did it
         ├── PromptBlocked         raised before any denoiser step
@@ -49,7 +49,8 @@ class ConfigError(SafeguardError, ValueError):
 
 
 class UnsupportedPipelineError(SafeguardError, TypeError):
-    """``protect`` was given a pipeline class that safeguard has no adapter for."""
+    """``protect`` was given a pipeline it cannot wrap (no ``prompt`` argument, no ``image_processor``), or steering
+    was asked for on a class with no registered family (:func:`safeguard.register_pipeline`)."""
 
 
 class InputError(SafeguardError, ValueError):

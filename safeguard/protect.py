@@ -38,10 +38,10 @@ from diffusers.utils import BaseOutput
 from safeguard.call_scope import Call, call_scope, current_call
 from safeguard.config import CALL_TOGGLES
 from safeguard.disclosure.marking import mark_images
-from safeguard.errors import ConfigError, ImageBlocked, InputError, PromptBlocked
+from safeguard.errors import ConfigError, ImageBlocked, InputError, PromptBlocked, UnsupportedPipelineError
 from safeguard.guard import Guard
 from safeguard.images import to_unit_tensors
-from safeguard.pipelines import PipelineSpec, spec_for
+from safeguard.pipelines import PipelineFamily, registered_family, registered_pipelines
 from safeguard.policy import DEFAULT_POLICY, Policy
 from safeguard.stages.combine import redaction_plan
 from safeguard.verdict import Action, Finding, Verdict
@@ -79,10 +79,10 @@ class ProtectedPipeline:
     :attr:`pipeline` and :func:`unprotect` give the original object.
     """
 
-    def __init__(self, pipeline: Any, guard: Guard, spec: PipelineSpec, layers: _Layers) -> None:
+    def __init__(self, pipeline: Any, guard: Guard, facts: _Facts, layers: _Layers) -> None:
         object.__setattr__(self, "_pipeline", pipeline)
         object.__setattr__(self, "_guard", guard)
-        object.__setattr__(self, "_spec", spec)
+        object.__setattr__(self, "_facts", facts)
         object.__setattr__(self, "_signature", _call_signature(pipeline))
         object.__setattr__(self, "_layers", layers)
         # Guards for the per-call toggle sets seen so far; few distinct sets exist (booleans and names).
@@ -148,6 +148,8 @@ class ProtectedPipeline:
                 guard = Guard.create(
                     self._guard.policy, layers.preset, layers.config, **{**layers.overrides, **toggles}
                 )
+                if guard.steering_stage is not None:
+                    self._facts.require_steering(self._pipeline)
                 guard.to(self._pipeline.device)
                 guard.attach_pipeline(self._pipeline)
                 self._call_guards[key] = guard
@@ -162,7 +164,7 @@ class ProtectedPipeline:
 
         # Calls that share this denoiser run one at a time (see safeguard.call_scope), prompt check included:
         # the prompt stage may use the pipeline's own text encoder.
-        with call_scope(getattr(self._pipeline, self._spec.denoiser)) as call:
+        with call_scope(self._facts.denoiser_of(self._pipeline)) as call:
             prompt_verdicts = self._check_prompts(guard, arguments)
             blocked = [v for v in prompt_verdicts if v.blocked]
             if blocked:
@@ -232,7 +234,7 @@ class ProtectedPipeline:
             return guard.check_prompt_embeds(embeds, arguments.get("pooled_prompt_embeds"))
         prompts = _as_list(prompt, "prompt")
         verdict_sets = [guard.check_prompts(prompts)]
-        for name in self._spec.prompt_args[1:]:
+        for name in self._facts.prompt_args[1:]:
             extra = arguments.get(name)
             if extra is None:
                 continue
@@ -617,6 +619,82 @@ def _plain_value(name: str, value: Any) -> bool | str:
     raise ConfigError(f"safeguard={{{name!r}: ...}} must be True, False or a name, got {type(value).__name__}")
 
 
+#: The prompt arguments of a pipeline class that is not registered, where its call takes them.
+_PROMPT_ARGS = ("prompt", "prompt_2", "prompt_3")
+#: Where an unregistered pipeline keeps its denoiser, in the order looked for.
+_DENOISERS = ("unet", "transformer")
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What the wrapper needs about one pipeline: its registered family (None if its class is not registered),
+    the call arguments that carry prompt text and the denoiser's attribute (None: the pipeline has none)."""
+
+    pipeline_class: type
+    family: PipelineFamily | None
+    prompt_args: tuple[str, ...]
+    denoiser: str | None
+
+    @classmethod
+    def of(cls, pipe: Any) -> _Facts:
+        """The facts of ``pipe``: from the family registry, or read off its call signature.
+
+        Raises:
+            UnsupportedPipelineError: its call takes no ``prompt``, or it has no ``image_processor`` with
+                ``postprocess`` (the output check runs inside it).
+        """
+        klass = type(pipe)
+        family = registered_family(klass)
+        missing = []
+        parameters: Mapping[str, Any] = {}
+        if callable(pipe):
+            try:
+                own = inspect.signature(pipe.__call__).parameters
+                variadic = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in own.values())
+                # A call that takes *args/**kwargs hands them on to a base class's call, which names the prompt.
+                parameters = own if "prompt" in own or not variadic else _call_signature(pipe).parameters
+            except (TypeError, ValueError):  # no signature to read
+                parameters = {}
+        if family is None and "prompt" not in parameters:
+            missing.append("no `prompt` argument in its __call__")
+        processor = getattr(pipe, "image_processor", None)
+        if not callable(getattr(processor, "postprocess", None)):
+            missing.append("no `image_processor` with `postprocess` (the output check runs inside it)")
+        if missing:
+            raise UnsupportedPipelineError(
+                f"safeguard cannot protect {klass.__module__}.{klass.__qualname__}: it has "
+                f"{' and '.join(missing)}; protect() needs a diffusers pipeline that takes a text prompt and "
+                f"decodes through its image_processor (registered pipelines: {', '.join(registered_pipelines())})"
+            )
+        if family is not None:
+            return cls(klass, family, family.prompt_args, family.denoiser)
+        prompt_args = tuple(name for name in _PROMPT_ARGS if name in parameters)
+        denoiser = next((name for name in _DENOISERS if getattr(pipe, name, None) is not None), None)
+        return cls(klass, None, prompt_args, denoiser)
+
+    def denoiser_of(self, pipe: Any) -> Any:
+        """The object whose lock a call holds: the denoiser, or the pipeline itself when it has none."""
+        denoiser = getattr(pipe, self.denoiser, None) if self.denoiser else None
+        return pipe if denoiser is None else denoiser
+
+    def require_steering(self, pipe: Any) -> None:
+        """Refuse steering on a pipeline whose class has no registered family that can steer."""
+        name = self.pipeline_class.__qualname__
+        if self.family is None:
+            raise UnsupportedPipelineError(
+                f"steering is on, and it needs the pipeline's family: {self.pipeline_class.__module__}.{name} is "
+                f"not registered. Register it with safeguard.register_pipeline({name}, family=...) (a registered "
+                "family's name, such as 'sd', or a safeguard.PipelineFamily), or turn steering off "
+                "(steering=False, where the preset allows it)"
+            )
+        if not self.family.steerable:
+            raise UnsupportedPipelineError(
+                f"steering is on, and the {self.family.family!r} family {name} is registered with has no "
+                f"encode_fn; register {name} with safeguard.register_pipeline({name}, "
+                "family=safeguard.PipelineFamily(..., encode_fn=...)), or turn steering off"
+            )
+
+
 @dataclass(frozen=True)
 class _Layers:
     """The settings layers a wrapper was made with, for the guards of calls that add their own toggles."""
@@ -659,8 +737,10 @@ def protect(
     """Wrap a diffusers pipeline so that every call is checked against ``policy``.
 
     Args:
-        pipe: a StableDiffusion, StableDiffusionXL, StableDiffusion3 or Flux pipeline (text-to-image or
-            img2img).
+        pipe: a diffusers pipeline whose call takes a text ``prompt`` and that decodes through its
+            ``image_processor``. Steering needs its class (or a base) in the family registry
+            (:func:`safeguard.register_pipeline`): SD 1.x/2.x, SDXL, SD3 and Flux pipelines (text-to-image,
+            img2img, inpainting, ControlNet) are registered out of the box.
         policy: a :class:`Policy`, a bundled policy id or a path to a policy YAML file.
         preset: ``"balanced"`` (default), ``"strict"``, ``"research"`` or a path to a preset file.
         config: a user YAML file (or mapping) layered over the preset.
@@ -669,7 +749,8 @@ def protect(
             a hub id already in the local cache, or a loaded ``CLIPModel``).
 
     Raises:
-        UnsupportedPipelineError: the pipeline class is not supported.
+        UnsupportedPipelineError: the pipeline takes no ``prompt`` or has no ``image_processor``; or steering
+            is on and its class is not registered (the message names the ``register_pipeline`` call to make).
         ConfigError: bad policy, preset, config or override.
 
     Example:
@@ -681,11 +762,13 @@ def protect(
     """
     if isinstance(pipe, ProtectedPipeline):
         raise ConfigError("this pipeline is already protected; call unprotect() first to change its settings")
-    spec = spec_for(type(pipe))
+    facts = _Facts.of(pipe)
     guard = Guard.create(policy, preset, config, **overrides)
+    if guard.steering_stage is not None:
+        facts.require_steering(pipe)  # fail loudly: steering is never skipped silently
     guard.to(pipe.device)
     guard.attach_pipeline(pipe)
-    return ProtectedPipeline(pipe, guard, spec, _Layers(preset, config, dict(overrides)))
+    return ProtectedPipeline(pipe, guard, facts, _Layers(preset, config, dict(overrides)))
 
 
 def unprotect(guarded: ProtectedPipeline) -> Any:

@@ -14,6 +14,7 @@ def test_all_is_pinned():
             "Finding",
             "ImageBlocked",
             "InputError",
+            "PipelineFamily",
             "Policy",
             "PromptBlocked",
             "ProtectedPipeline",
@@ -30,9 +31,11 @@ def test_all_is_pinned():
             "check_prompts",
             "load_policy",
             "protect",
+            "register_pipeline",
             "resolve_settings",
             "save",
             "unprotect",
+            "unregister_pipeline",
             "verify",
         ]
     )

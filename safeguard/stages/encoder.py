@@ -35,6 +35,7 @@ import yaml
 from safeguard._files import check_keys, read_yaml
 from safeguard.errors import ConfigError
 from safeguard.normalize import normalize
+from safeguard.pipelines import registered_family
 from safeguard.policy import Policy
 from safeguard.steering.adapters import Encoded, FamilyAdapter, adapter_for
 from safeguard.steering.projection import ConceptScorer, concept_pairs
@@ -203,7 +204,10 @@ class EncoderPromptStage:
         if not policy.encoder_calibrations:
             return None
         calibrations = [EncoderCalibration.load(p, policy) for p in policy.encoder_calibrations]
-        family = adapter_for(type(pipeline)).family
+        record = registered_family(type(pipeline))
+        if record is None or not record.steerable:  # no registered text encoding: nothing to score with
+            return None
+        family = record.family
         calibrations = [c for c in calibrations if c.family == family]
         if not calibrations:
             return None

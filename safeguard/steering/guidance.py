@@ -179,6 +179,9 @@ class DenoiserHooks:
                 return torch.cat([value, value[source]])
             if isinstance(value, dict):
                 return {k: grow(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):  # ControlNet residuals: one batched tensor per block
+                grown = [grow(v) for v in value]
+                return grown if isinstance(value, list) else tuple(grown)
             return value
 
         args = tuple(grow(a) if i < 2 else a for i, a in enumerate(args))

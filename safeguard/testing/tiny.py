@@ -41,6 +41,8 @@ if TYPE_CHECKING:
         AutoencoderKL,
         FluxPipeline,
         StableDiffusion3Pipeline,
+        StableDiffusionControlNetPipeline,
+        StableDiffusionInpaintPipeline,
         StableDiffusionPipeline,
         StableDiffusionXLPipeline,
     )
@@ -51,6 +53,8 @@ __all__ = [
     "clip_tokenizer",
     "flux_pipeline",
     "sd3_pipeline",
+    "sd_controlnet_pipeline",
+    "sd_inpaint_pipeline",
     "sd_pipeline",
     "sdxl_pipeline",
     "t5_tokenizer",
@@ -368,6 +372,45 @@ def sd_pipeline() -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+@_built_quietly
+def sd_inpaint_pipeline() -> StableDiffusionInpaintPipeline:
+    """A tiny Stable Diffusion inpainting pipeline: :func:`sd_pipeline`'s components (a 4-channel UNet, so the
+    pipeline blends the kept region back at each step, as diffusers does for non-inpainting UNets).
+
+    Example:
+        >>> import torch
+        >>> pipe = sd_inpaint_pipeline()
+        >>> image, mask = torch.rand(1, 3, 64, 64), torch.ones(1, 1, 64, 64)
+        >>> gen = torch.Generator().manual_seed(0)
+        >>> out = pipe("a photo", image=image, mask_image=mask, num_inference_steps=2, generator=gen, output_type="np")
+        >>> out.images.shape
+        (1, 64, 64, 3)
+    """
+    from diffusers import StableDiffusionInpaintPipeline
+
+    return StableDiffusionInpaintPipeline(**sd_pipeline().components, requires_safety_checker=False)
+
+
+@_built_quietly
+def sd_controlnet_pipeline() -> StableDiffusionControlNetPipeline:
+    """A tiny Stable Diffusion ControlNet pipeline: :func:`sd_pipeline`'s components and a ControlNet made from
+    its UNet (``ControlNetModel.from_unet``; its conditioning embedding downsamples once, like the tiny VAE).
+
+    Example:
+        >>> import torch
+        >>> pipe = sd_controlnet_pipeline()
+        >>> gen, image = torch.Generator().manual_seed(0), torch.rand(1, 3, 64, 64)
+        >>> out = pipe("a photo", image=image, num_inference_steps=2, generator=gen, output_type="np")
+        >>> out.images.shape
+        (1, 64, 64, 3)
+    """
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    components = sd_pipeline().components
+    controlnet = ControlNetModel.from_unet(components["unet"], conditioning_embedding_out_channels=(8, 16))
+    return StableDiffusionControlNetPipeline(**components, controlnet=controlnet, requires_safety_checker=False)
 
 
 @_built_quietly
