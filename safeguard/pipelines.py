@@ -286,7 +286,7 @@ def family_for(pipeline_class: type) -> PipelineFamily:
     if family is None:
         raise UnsupportedPipelineError(
             f"{_name(pipeline_class)} is not a registered pipeline family; register it with "
-            f"safeguard.register_pipeline({pipeline_class.__qualname__}, family=...) (a registered family's name, "
+            f"safeguard.register_pipeline({pipeline_class.__name__}, family=...) (a registered family's name, "
             f"such as 'sd', or a safeguard.PipelineFamily); registered pipelines: {', '.join(registered_pipelines())}"
         )
     return family
@@ -294,7 +294,8 @@ def family_for(pipeline_class: type) -> PipelineFamily:
 
 def registered_pipelines() -> tuple[str, ...]:
     """The names of the registered pipeline classes, in registration order."""
-    return tuple(klass.__qualname__ for klass in _registry())
+    with _lock:
+        return tuple(klass.__qualname__ for klass in _registry())
 
 
 def register_pipeline(

@@ -679,10 +679,11 @@ class _Facts:
 
     def require_steering(self, pipe: Any) -> None:
         """Refuse steering on a pipeline whose class has no registered family that can steer."""
-        name = self.pipeline_class.__qualname__
+        name = self.pipeline_class.__name__
         if self.family is None:
             raise UnsupportedPipelineError(
-                f"steering is on, and it needs the pipeline's family: {self.pipeline_class.__module__}.{name} is "
+                f"steering is on, and it needs the pipeline's family: {self.pipeline_class.__module__}."
+                f"{self.pipeline_class.__qualname__} is "
                 f"not registered. Register it with safeguard.register_pipeline({name}, family=...) (a registered "
                 "family's name, such as 'sd', or a safeguard.PipelineFamily), or turn steering off "
                 "(steering=False, where the preset allows it)"

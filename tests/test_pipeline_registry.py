@@ -81,6 +81,24 @@ def test_inpaint_and_controlnet_pipelines_are_registered_in_their_family(kind):
     assert adapter_for(type(pipe)).family == "sd"
 
 
+_VARIANTS = ("Inpaint", "ControlNet", "ControlNetImg2Img", "ControlNetInpaint")
+
+
+@pytest.mark.parametrize(
+    ("name", "family"),
+    [
+        *[(f"StableDiffusion{v}Pipeline", "sd") for v in _VARIANTS],
+        *[(f"StableDiffusionXL{v}Pipeline", "sdxl") for v in _VARIANTS],
+        *[(f"StableDiffusion3{v}Pipeline", "sd3") for v in ("Inpaint", "ControlNet", "ControlNetInpainting")],
+        *[(f"Flux{v}Pipeline", "flux") for v in _VARIANTS],
+    ],
+)
+def test_the_inpaint_and_controlnet_variants_of_each_family_are_registered(name, family):
+    import diffusers
+
+    assert family_for(getattr(diffusers, name)).family == family
+
+
 @pytest.mark.parametrize("kind", list(BUILDERS))
 def test_an_unsafe_prompt_is_blocked_before_any_denoiser_step(kind):
     guarded = safeguard.protect(BUILDERS[kind]())

@@ -33,7 +33,7 @@ def adapter_for(pipeline_class: type) -> PipelineFamily:
     if not family.steerable:
         raise UnsupportedPipelineError(
             f"steering needs the text encoding of the {family.family!r} pipeline family, which was registered "
-            f"without one: register {pipeline_class.__qualname__} with safeguard.register_pipeline("
-            f"{pipeline_class.__qualname__}, family=PipelineFamily(..., encode_fn=...))"
+            f"without one: register {pipeline_class.__name__} with safeguard.register_pipeline("
+            f"{pipeline_class.__name__}, family=PipelineFamily(..., encode_fn=...))"
         )
     return family
