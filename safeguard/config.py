@@ -65,6 +65,8 @@ REDACTIONS = ("withhold", "blur", "pixelate", "black", "flag", "raise")
 STEERING_STRENGTHS = ("weak", "medium", "strong", "max")
 #: How strict calibrated scorers are, weakest first: each scorer ships its thresholds for every level.
 PROMPT_STRICTNESS = ("balanced", "strict")
+#: Values of ``prompt.unjudged_language``, least strict first.
+UNJUDGED_LANGUAGE = ("allow", "block")
 #: Keyword overrides accepted by protect() and the check_* functions, next to ``preset`` and ``config``.
 OVERRIDES = ("prompt", "steering", "output", "on_block", "redaction", "image_model", "disclosure")
 #: The overrides a protected call may also take per call, as ``pipe(..., safeguard={...})``, where the preset allows.
@@ -85,6 +87,8 @@ _DEFAULTS: dict[str, Any] = {
         # keyword rules', whose hits score 1.0.
         "strictness": "balanced",
         "thresholds": {"default": {"steer": 0.5, "block": 0.5}},
+        # A prompt in a language the policy does not judge (safeguard.language): allow or block.
+        "unjudged_language": "allow",
     },
     "steering": {"enabled": False, "strength": "medium"},
     "output": {
@@ -165,6 +169,9 @@ class PromptSettings:
     thresholds: Thresholds
     #: Which of the calibrated scorers' own thresholds apply (:data:`PROMPT_STRICTNESS`).
     strictness: str = "balanced"
+    #: What happens to a prompt in a language the policy does not judge: ``allow`` (the keyword rules still
+    #: run on it) or ``block`` (a finding naming the language). See :mod:`safeguard.language`.
+    unjudged_language: str = "allow"
 
 
 @dataclass(frozen=True)
@@ -357,6 +364,9 @@ _LOCKABLE: dict[str, _Lockable] = {
     "prompt.deadline_s": _Lockable(_LOWER, lambda s: s.prompt.deadline_s, _ceiling),
     "prompt.strictness": _Lockable(
         "may be raised, not lowered: balanced < strict", lambda s: s.prompt.strictness, _ranked(PROMPT_STRICTNESS)
+    ),
+    "prompt.unjudged_language": _Lockable(
+        "may become block, not allow", lambda s: s.prompt.unjudged_language, _ranked(UNJUDGED_LANGUAGE)
     ),
     "prompt.thresholds": _Lockable(
         f"every steer and block threshold, default and per category, {_LOWER}",
@@ -698,6 +708,7 @@ def _build(merged: dict[str, Any], preset: str, layers: tuple[str, ...]) -> Sett
             deadline_s=None if deadline is None else float(deadline),
             thresholds=_thresholds(prompt["thresholds"], "prompt.thresholds"),
             strictness=choice(prompt["strictness"], PROMPT_STRICTNESS, "prompt.strictness"),
+            unjudged_language=choice(prompt["unjudged_language"], UNJUDGED_LANGUAGE, "prompt.unjudged_language"),
         ),
         steering=SteeringSettings(
             enabled=flag(steering["enabled"], "steering.enabled"),

@@ -13,6 +13,9 @@ fold of the prompt (compatibility forms, accents, invisible characters and case,
 policy writes them as the language spells them. Words in Chinese or Japanese script are matched as
 substrings of the prompt under NFKC (keeping the dakuten that the normalised text drops), since those scripts
 put no spaces between words. Arabic words are also tried without a leading و/ف and ال, بال, لل, ب, ل, ك.
+An allow-phrase whose unaccented spelling is a keyword of its own category ("góry", Polish mountains, against
+"gory"; "râpé", French grated, against "rape") counts only with its accents, and takes that keyword back when
+the prompt writes the word with them and never without.
 
 A signal with ``age_below`` also matches a stated age below it, read with its per-language ``ages`` lexicon:
 number words and digits in age patterns ("twelve-year-old", "12 y/o", "9-y-o", "aged 12", "12歳", "12살"),
@@ -129,6 +132,11 @@ _SPACED_DIGITS = re.compile(r"(?<![\d.,])(\d) (?=\d(?!\d))")
 _ARABIC_TOKEN = re.compile(r"[\u0600-\u06ff]+")
 _ARABIC_CLITICS = re.compile(r"[وف]?(?:بال|كال|فال|وال|لل|ال|ب|ل|ك)?")
 _MIN_ARABIC_STEM = 3
+
+
+def _whole_words(phrase: str) -> re.Pattern[str]:
+    """A regex for ``phrase`` as whole words of a text."""
+    return re.compile(rf"(?<![^\W_]){re.escape(phrase)}(?![^\W_])")
 
 
 def _unspaced_fold(text: str) -> str:
@@ -521,6 +529,19 @@ class KeywordPromptStage:
                 if folded:
                     self._written.setdefault((label, folded), phrase)
                     folded_sets[2 if _UNSPACED.search(folded) else group].append((label, folded))
+        # An allow-phrase whose unaccented spelling is itself a keyword of its category ("góry", Polish for
+        # mountains, folds to "gory"; French "râpé", grated, to "rape") counts only as written, accents and all:
+        # it takes that keyword back when the prompt spells the word with its accents and never without them.
+        keywords = {(label, folded) for label, folded in (*folded_sets[0], *folded_sets[1])}
+        self._accented: list[tuple[str, str, re.Pattern[str], re.Pattern[str]]] = []
+        for label, folded in list(folded_sets[0]):
+            if not label.startswith(("a:", "sa:")):
+                continue
+            keyword_label = ("c:" if label.startswith("a:") else "s:") + label.split(":", 1)[1]
+            written = " ".join(_TOKEN.findall(unicodedata.normalize("NFC", self._written[label, folded].casefold())))
+            if (keyword_label, folded) in keywords and written != folded:
+                folded_sets[0].remove((label, folded))
+                self._accented.append((keyword_label, folded, _whole_words(written), _whole_words(folded)))
         self._matcher = PhraseMatcher(folded_sets[0])
         self._exact = PhraseMatcher(folded_sets[1], stem_words=False)
         self._substrings = _SubstringMatcher(folded_sets[2])
@@ -537,9 +558,10 @@ class KeywordPromptStage:
         signals: set[str] = set()
         texts = dict.fromkeys((normalized.text, *normalized.variants, light_fold(prompt)))
         forms = [list(f) for f in dict.fromkeys(tuple(_TOKEN.findall(latin_skeleton(text))) for text in texts)]
+        taken_back = self._taken_back(prompt) if self._accented and not prompt.isascii() else frozenset()
         for tokens in [*forms, *(self._without_clitics(forms) if _ARABIC_TOKEN.search(prompt) else ())]:
             matches = self._matcher.find([stem(w) for w in tokens]) + self._exact.find(tokens)
-            self._collect(matches, hits, signals)
+            self._collect([m for m in matches if (m.label, m.phrase) not in taken_back], hits, signals)
         if self._substrings and _UNSPACED.search(prompt):
             self._collect(self._substrings.find(_unspaced_fold(prompt)), hits, signals)
         if self._ages:
@@ -566,6 +588,15 @@ class KeywordPromptStage:
                 )
         findings = [f for f in findings if f.action is not Action.ALLOW]
         return Verdict.for_stage(findings, scores, self.policy, "locked" if self.locked_only else "prompt")
+
+    def _taken_back(self, prompt: str) -> frozenset[tuple[str, str]]:
+        """The (label, keyword) pairs that an accented allow-phrase takes back in ``prompt``."""
+        text = " ".join(_TOKEN.findall(unicodedata.normalize("NFC", prompt.casefold())))
+        found = set()
+        for label, folded, accented, plain in self._accented:
+            if accented.search(text) and not plain.search(text):
+                found.add((label, folded))
+        return frozenset(found)
 
     @staticmethod
     def _without_clitics(forms: list[list[str]]) -> list[list[str]]:
