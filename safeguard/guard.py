@@ -29,7 +29,7 @@ from safeguard.stages.combine import apply_image_conjunctions, redaction_plan
 from safeguard.stages.encoder import EncoderPromptStage
 from safeguard.stages.image import build_image_stages
 from safeguard.stages.prompt import build_prompt_stages
-from safeguard.stages.steering import build_steering_stage
+from safeguard.steering.stage import build_steering_stage
 from safeguard.verdict import STAGE_FAILURE, Action, Finding, Verdict
 
 __all__ = ["DEADLINE_CHUNK", "Guard", "StageTimeout"]

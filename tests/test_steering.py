@@ -15,7 +15,6 @@ from diffusers import StableDiffusionPipeline
 import safeguard
 from safeguard.config import resolve_settings
 from safeguard.errors import ConfigError, UnsupportedPipelineError
-from safeguard.stages.steering import ConceptSteeringStage
 from safeguard.steering import (
     adapter_for,
     available_steering_presets,
@@ -25,6 +24,7 @@ from safeguard.steering import (
     project,
     sld_term,
 )
+from safeguard.steering.stage import ConceptSteeringStage
 from safeguard.toy import POLICY_PATH
 from safeguard.verdict import Action
 
@@ -189,6 +189,104 @@ def test_with_the_prompt_stage_off_the_own_concept_score_decides_block_level_inc
         [()],
         [("red",)],
     )
+
+
+def _count_encodes(monkeypatch):
+    """Every text the steering adapters encode, in order (concept phrases and prompts alike)."""
+    from safeguard.steering.adapters import FamilyAdapter
+
+    seen: list[str] = []
+    encode = FamilyAdapter.encode
+
+    def counting(self, pipe, texts, length=None):
+        seen.extend(texts)
+        return encode(self, pipe, texts, length)
+
+    monkeypatch.setattr(FamilyAdapter, "encode", counting)
+    return seen
+
+
+def test_concept_encodings_are_built_once_per_text_encoder_not_per_stage_or_call(monkeypatch):
+    from safeguard.policy import load_policy
+    from safeguard.steering.projection import concept_pairs
+    from safeguard.testing import tiny
+
+    pipe = tiny.sd_pipeline()
+    phrases = {p for texts in concept_pairs(load_policy(POLICY_PATH)["red"]) for p in texts}
+    seen = _count_encodes(monkeypatch)
+    config = {"prompt": {"thresholds": {"default": {"steer": 0.0, "block": 1.0}}}}  # every prompt is steered
+    _run(_protect(pipe, "max", config=config, prompt=False), "a blue circle")
+    first = [t for t in seen if t in phrases]
+    assert first and set(first) == phrases
+    seen.clear()
+    # A second call, a second guard (another protect(), a per-call toggle) and the encoder prompt stage's scorer
+    # reuse them: only the prompt itself is encoded.
+    guarded = _protect(pipe, "max", config=config, prompt=False)
+    _run(guarded, "a blue circle")
+    _run(guarded, "a blue circle", safeguard={"steering": "strong"})
+    from safeguard.stages.encoder import _Scores
+
+    scores = _Scores(pipe, load_policy(POLICY_PATH), ["red"])
+    scores.scores(scores.summaries(["a blue circle"]))
+    assert [t for t in seen if t in phrases] == []
+    assert seen.count("a blue circle") == 3
+
+
+def test_another_text_encoder_never_reads_the_first_ones_concept_encodings(monkeypatch):
+    import gc
+
+    from diffusers import StableDiffusionPipeline
+
+    from safeguard.policy import load_policy
+    from safeguard.steering import concepts
+    from safeguard.steering.projection import ConceptScorer, concept_pairs
+    from safeguard.testing import tiny
+
+    red = load_policy(POLICY_PATH)["red"]
+    phrases = {p for texts in concept_pairs(red) for p in texts}
+
+    def fresh_scores(pipe, texts):
+        """The scores from scratch: the category's phrases encoded now with this pipeline's encoder."""
+        adapter = adapter_for(type(pipe))
+        concept_texts, neutral_texts = concept_pairs(red)
+        scorer = ConceptScorer.fit(
+            adapter.encode(pipe, concept_texts).summary(), adapter.encode(pipe, neutral_texts).summary()
+        )
+        return scorer.score(adapter.encode(pipe, texts).summary())
+
+    texts = ["a red circle", "a blue circle", "a green square"]
+    first = tiny.sd_pipeline()
+    second = tiny.sd_pipeline()
+    with torch.no_grad():
+        for p in second.text_encoder.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    seen = _count_encodes(monkeypatch)
+    on_first = concepts.concept_scores(first, [red], adapter_for(type(first)).encode(first, texts).summary())["red"]
+    assert phrases <= set(seen)
+    seen.clear()
+    on_second = concepts.concept_scores(second, [red], adapter_for(type(second)).encode(second, texts).summary())
+    assert phrases <= set(seen)  # built again, for this encoder
+    assert torch.allclose(on_second["red"], fresh_scores(second, texts))
+    assert torch.allclose(on_first, fresh_scores(first, texts))
+    assert not torch.allclose(on_first, on_second["red"])
+
+    # The same encoder in another pipeline shares them; an encoder swapped into a pipeline gets its own.
+    seen.clear()
+    sharing = StableDiffusionPipeline(**first.components)
+    concepts.concept_scorer(sharing, red)
+    assert not phrases & set(seen)
+    first.text_encoder = second.text_encoder
+    assert torch.equal(concepts.concept_scorer(first, red).direction, concepts.concept_scorer(second, red).direction)
+    first.text_encoder = tiny.sd_pipeline().text_encoder
+    seen.clear()
+    concepts.concept_scorer(first, red)
+    assert phrases <= set(seen)
+
+    # Weakly held: a collected encoder takes its entry with it.
+    held = len(concepts._CACHES)
+    del first, second, sharing
+    gc.collect()
+    assert len(concepts._CACHES) < held
 
 
 def test_prompt_embeds_are_steered_from_their_own_concept_score():

@@ -38,7 +38,8 @@ from safeguard.normalize import normalize
 from safeguard.pipelines import registered_family
 from safeguard.policy import Policy
 from safeguard.steering.adapters import Encoded, FamilyAdapter, adapter_for
-from safeguard.steering.projection import ConceptScorer, concept_pairs
+from safeguard.steering.concepts import concept_scores
+from safeguard.steering.projection import concept_pairs
 from safeguard.verdict import Action, Finding, Verdict
 
 __all__ = ["PROBE_MATCH", "EncoderCalibration", "EncoderPromptStage", "calibrate_encoder", "encoder_probe"]
@@ -158,14 +159,13 @@ def _unit(value: Any) -> bool:
 
 
 class _Scores:
-    """Concept scorers of a policy's categories for one pipeline's encoder, fitted on first use."""
+    """Concept scores of a policy's categories with one pipeline's encoder (:mod:`safeguard.steering.concepts`)."""
 
     def __init__(self, pipeline: Any, policy: Policy, categories: Sequence[str]) -> None:
         self.pipeline = pipeline
         self.adapter: FamilyAdapter = adapter_for(type(pipeline))
         self.policy = policy
         self.categories = tuple(categories)
-        self._scorers: dict[str, ConceptScorer] = {}
 
     def summaries(self, texts: Sequence[str]) -> torch.Tensor:
         chunks = [
@@ -175,13 +175,8 @@ class _Scores:
         return torch.cat(chunks)
 
     def scores(self, summaries: torch.Tensor) -> dict[str, np.ndarray]:
-        return {c: self._scorer(c).score(summaries.float().cpu()).numpy() for c in self.categories}
-
-    def _scorer(self, category: str) -> ConceptScorer:
-        if category not in self._scorers:
-            concepts, neutrals = concept_pairs(self.policy[category])
-            self._scorers[category] = ConceptScorer.fit(self.summaries(concepts), self.summaries(neutrals))
-        return self._scorers[category]
+        scores = concept_scores(self.pipeline, [self.policy[c] for c in self.categories], summaries)
+        return {c: s.numpy() for c, s in scores.items()}
 
 
 class EncoderPromptStage:

@@ -1,6 +1,8 @@
-"""Steering building blocks: presets, per-family adapters, concept projection and safety guidance.
+"""Steering: the stage, its presets, per-family adapters, concept scores, concept projection and safety guidance.
 
-The stage that uses them is :class:`safeguard.stages.steering.ConceptSteeringStage`.
+The stage is :class:`safeguard.steering.stage.ConceptSteeringStage`, built by
+:func:`safeguard.steering.stage.build_steering_stage`; concept encodings and scores, shared with the encoder
+prompt stage, are made in :mod:`safeguard.steering.concepts`.
 """
 
 from safeguard.steering.adapters import FamilyAdapter, adapter_for

@@ -5,7 +5,7 @@ Steering is adaptive. A prompt is steered, for a category, when
 - the prompt stage gave it a finding for that category with action ``steer`` (or ``block``, which only
   reaches this stage from rules that do not stop the call), or
 - the prompt stage is off, or the call passed ``prompt_embeds`` instead of text: the stage's own concept
-  score for the category (:mod:`safeguard.steering.projection`, a [0, 1] scale computed with the pipeline's
+  score for the category (:mod:`safeguard.steering.concepts`, a [0, 1] scale computed with the pipeline's
   own text encoder) reaches the lower bound of the category's steering band, the preset's prompt ``steer``
   threshold (its ``block`` threshold where it has no steer band). Block-level scores are steered too.
 
@@ -26,8 +26,7 @@ Example:
 
 from __future__ import annotations
 
-import weakref
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -39,16 +38,10 @@ from safeguard.errors import InputError
 from safeguard.policy import Category, Policy
 from safeguard.stages.base import SteeringStage
 from safeguard.steering.adapters import Encoded, FamilyAdapter, adapter_for
+from safeguard.steering.concepts import concept_encoding, concept_scores, empty_encoding, pooled_basis, token_basis
 from safeguard.steering.guidance import CallPlan, DenoiserHooks
 from safeguard.steering.presets import SteeringPreset, load_steering_preset
-from safeguard.steering.projection import (
-    ConceptScorer,
-    concept_pairs,
-    merge_bases,
-    orthonormal_basis,
-    project,
-    steering_phrases,
-)
+from safeguard.steering.projection import merge_bases, project, steering_phrases
 from safeguard.verdict import Action, Finding, Verdict
 
 __all__ = ["ConceptSteeringStage", "SteerReason", "SteeringRecord", "build_steering_stage"]
@@ -116,8 +109,8 @@ class SteeringRecord:
 class ConceptSteeringStage:
     """Projection and safety guidance for the policy's categories, under one steering preset.
 
-    Concept encodings are made with each pipeline's own text encoders on first use and cached per pipeline
-    (weakly: the cache never keeps a pipeline alive) and per conditioning length.
+    Concept encodings are made with each pipeline's own text encoders on first use and cached per text
+    encoder (:mod:`safeguard.steering.concepts`), shared with every other stage that uses the same encoder.
     """
 
     name = "steering"
@@ -129,9 +122,6 @@ class ConceptSteeringStage:
         self.categories: dict[str, Category] = {
             c.id: c for c in policy.categories if c.enforced and not c.locked and steering_phrases(c)
         }
-        self._caches: weakref.WeakKeyDictionary[Any, tuple[list[Any], dict[tuple[Any, ...], Any]]] = (
-            weakref.WeakKeyDictionary()
-        )
 
     # -- the stage interface ---------------------------------------------------------------------------
     def apply(
@@ -206,7 +196,7 @@ class ConceptSteeringStage:
             if embeds is None:
                 raise InputError("give a prompt or prompt_embeds")
             summaries = Encoded(embeds, arguments.get("pooled_prompt_embeds")).summary()
-        return {c: self._scorer(pipeline, adapter, c).score(summaries).cpu() for c in self.categories}
+        return concept_scores(pipeline, self.categories.values(), summaries)
 
     # -- one steered call ------------------------------------------------------------------------------
     @contextmanager
@@ -218,33 +208,42 @@ class ConceptSteeringStage:
         params = preset.projection
 
         def project_fn(own: Encoded, length: int) -> list[Encoded | None]:
-            empty = self._empty(pipe, adapter, length)
+            empty = empty_encoding(pipe, length)
             out: list[Encoded | None] = []
             for j, categories in enumerate(steer):
                 if not categories:
                     out.append(None)
                     continue
-                basis = merge_bases([self._token_basis(pipe, adapter, c, length) for c in categories])
+                basis = merge_bases(
+                    [token_basis(pipe, self.categories[c], length, params.energy, params.max_rank) for c in categories]
+                )
                 tokens = project(
                     own.tokens[j], basis.to(own.tokens.device), empty.tokens[0], params.alpha, params.token_threshold
                 )
                 pooled = None
                 if own.pooled is not None and empty.pooled is not None:
-                    pooled_basis = merge_bases([self._pooled_basis(pipe, adapter, c) for c in categories])
+                    pooled_bases = [
+                        pooled_basis(pipe, self.categories[c], params.energy, params.max_rank) for c in categories
+                    ]
                     pooled = project(
-                        own.pooled[j : j + 1], pooled_basis.to(own.pooled.device), empty.pooled, params.alpha, 0.0
+                        own.pooled[j : j + 1],
+                        merge_bases(pooled_bases).to(own.pooled.device),
+                        empty.pooled,
+                        params.alpha,
+                        0.0,
                     )
                 out.append(Encoded(tokens.unsqueeze(0), pooled))
             return out
 
         def concept_fn(length: int) -> list[Encoded | None]:
-            return [self._concept(pipe, adapter, c, length) if c else None for c in steer]
+            # SLD's safety concept is one text listing the concepts; one per set of categories a prompt hits.
+            return [concept_encoding(pipe, [self.categories[n] for n in c], length) if c else None for c in steer]
 
         plan = CallPlan(
             flagged=[bool(c) for c in steer],
             project_fn=project_fn,
             concept_fn=concept_fn,
-            empty_fn=lambda length: self._empty(pipe, adapter, length),
+            empty_fn=lambda length: empty_encoding(pipe, length),
             preset=preset,
         )
         hooks = DenoiserHooks(pipe, adapter, plan)
@@ -253,61 +252,6 @@ class ConceptSteeringStage:
             yield SteeringRecord(self.policy, preset.name, reasons, hooks)
         finally:
             hooks.remove()
-
-    # -- cached concept encodings ----------------------------------------------------------------------
-    def _cached(self, pipe: Any, adapter: FamilyAdapter, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
-        # Encodings belong to the text encoders that made them: a swapped encoder empties the pipeline's cache.
-        # The encoders are compared as objects (through weak references), never by address.
-        encoders = adapter.encoders(pipe)
-        state = self._caches.get(pipe)
-        if state is None or any((ref() if ref else None) is not e for ref, e in zip(state[0], encoders, strict=True)):
-            state = ([weakref.ref(e) if e is not None else None for e in encoders], {})
-            self._caches[pipe] = state
-        cache = state[1]
-        full_key = (*key, str(pipe._execution_device))
-        if full_key not in cache:
-            cache[full_key] = make()
-        return cache[full_key]
-
-    def _pair_encodings(self, pipe: Any, adapter: FamilyAdapter, category: str, length: int | None) -> Any:
-        def make() -> tuple[Encoded, Encoded]:
-            concepts, neutrals = concept_pairs(self.categories[category])
-            return adapter.encode(pipe, concepts, length), adapter.encode(pipe, neutrals, length)
-
-        return self._cached(pipe, adapter, ("pairs", category, length), make)
-
-    def _scorer(self, pipe: Any, adapter: FamilyAdapter, category: str) -> ConceptScorer:
-        def make() -> ConceptScorer:
-            concepts, neutrals = self._pair_encodings(pipe, adapter, category, None)
-            return ConceptScorer.fit(concepts.summary(), neutrals.summary())
-
-        return self._cached(pipe, adapter, ("scorer", category), make)
-
-    def _token_basis(self, pipe: Any, adapter: FamilyAdapter, category: str, length: int) -> torch.Tensor:
-        def make() -> torch.Tensor:
-            concepts, neutrals = self._pair_encodings(pipe, adapter, category, length)
-            rows = (concepts.tokens - neutrals.tokens)[:, 1:].reshape(-1, concepts.tokens.shape[-1])
-            return orthonormal_basis(rows, self.preset.projection.energy, self.preset.projection.max_rank)
-
-        return self._cached(pipe, adapter, ("tokens", category, length), make)
-
-    def _pooled_basis(self, pipe: Any, adapter: FamilyAdapter, category: str) -> torch.Tensor:
-        def make() -> torch.Tensor:
-            concepts, neutrals = self._pair_encodings(pipe, adapter, category, None)
-            rows = concepts.pooled - neutrals.pooled  # type: ignore[operator]
-            return orthonormal_basis(rows, self.preset.projection.energy, self.preset.projection.max_rank)
-
-        return self._cached(pipe, adapter, ("pooled", category), make)
-
-    def _concept(self, pipe: Any, adapter: FamilyAdapter, categories: tuple[str, ...], length: int) -> Encoded:
-        # SLD's safety concept is one text listing the concepts; one per set of categories a prompt hits.
-        text = ", ".join(p for c in categories for p in steering_phrases(self.categories[c]))
-        return self._cached(
-            pipe, adapter, ("concept", categories, length), lambda: adapter.encode(pipe, [text], length)
-        )
-
-    def _empty(self, pipe: Any, adapter: FamilyAdapter, length: int) -> Encoded:
-        return self._cached(pipe, adapter, ("empty", length), lambda: adapter.encode(pipe, [""], length))
 
 
 def build_steering_stage(policy: Policy, settings: Settings) -> SteeringStage | None:
