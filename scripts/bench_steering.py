@@ -10,7 +10,10 @@ It prints, measured in one run:
 
 - the latency ratio of a benign prompt with steering enabled (preset ``strong``) against disabled, with the
   prompt stage on (the stage installs nothing: expected 1.00) and, for information, with it off (the stage
-  then scores the prompt with one text-encoder pass);
+  then scores the prompt with one text-encoder pass, timed on its own). At random weights that own concept
+  score is noise: the "benign" prompt may land in a category's steer band and be steered, which then costs
+  what steering costs, not one text-encoder pass. Each configuration's call verdict is printed, so a steered
+  call shows as such;
 - the cost of each method (projection, guidance, both) on a flagged prompt, against the same prompt unsteered.
 
 Runs alternate between the configurations being compared and the median is reported. Concept encodings are
@@ -28,6 +31,7 @@ import os
 import statistics
 import sys
 import time
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -146,16 +150,16 @@ def main() -> int:
         flush=True,
     )
 
-    def call(guarded, prompt: str, steps: int | None = None) -> tuple[float, float]:
+    def call(guarded, prompt: str, steps: int | None = None) -> tuple[float, float, Any]:
         t0, c0 = time.perf_counter(), time.process_time()
-        guarded(
+        out = guarded(
             prompt,
             num_inference_steps=steps or args.steps,
             guidance_scale=7.5,
             output_type="np",
             generator=torch.Generator().manual_seed(0),
         )
-        return time.perf_counter() - t0, time.process_time() - c0
+        return time.perf_counter() - t0, time.process_time() - c0, out.verdicts[0]
 
     def protect(steering, **kwargs):
         return safeguard.protect(pipe, preset="research", output=False, config=STEER_ONLY, steering=steering, **kwargs)
@@ -168,10 +172,13 @@ def main() -> int:
         first: dict[str, float] = {}
         for name, (guarded, prompt) in configs.items():
             # Warm-up with one step: steered configurations build their (cached) concept encodings here.
-            first[name] = call(guarded, prompt, steps=1)[0]
+            wall, _, verdict = call(guarded, prompt, steps=1)
+            first[name] = wall
+            # What the call did, steering included: a prompt steering acts on costs its methods' extra work.
+            print(f"  {name:<14} call verdict:   {verdict}", flush=True)
         for _ in range(repeats):
             for name, (guarded, prompt) in configs.items():
-                times[name].append(call(guarded, prompt))
+                times[name].append(call(guarded, prompt)[:2])
         medians = {}
         for name, runs in times.items():
             medians[name] = (statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs))
@@ -188,7 +195,7 @@ def main() -> int:
     if "benign" in args.sections:
         benign_section(protect, compare, ratio, args)
     if "own-score" in args.sections:
-        own_score_section(protect, compare, ratio, args)
+        own_score_section(protect, compare, ratio, args, pipe)
     if "flagged" in args.sections:
         flagged_section(protect, compare, ratio, args)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
@@ -205,16 +212,18 @@ def benign_section(protect, compare, ratio, args) -> None:
     )
 
 
-def own_score_section(protect, compare, ratio, args) -> None:
+def own_score_section(protect, compare, ratio, args, pipe) -> None:
     print("\nbenign prompt, prompt stage off (steering scores the prompt itself: one text-encoder pass):")
-    m2 = compare(
-        {
-            "steering off": (protect(False, prompt=False), BENIGN),
-            "steering on": (protect("strong", prompt=False), BENIGN),
-        },
-        args.own_score_repeats,
-    )
+    steered = protect("strong", prompt=False)
+    m2 = compare({"steering off": (protect(False, prompt=False), BENIGN), "steering on": (steered, BENIGN)},
+                 args.own_score_repeats)  # fmt: skip
     print(f"  ratio benign on/off, prompt stage off: {ratio(m2, 'steering on', 'steering off')}")
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        steered.guard.steering_stage.concept_scores(pipe, [BENIGN])
+        runs.append(time.perf_counter() - t0)
+    print(f"  the stage's own concept score of the prompt alone: median {statistics.median(runs):.3f} s")
 
 
 def flagged_section(protect, compare, ratio, args) -> None:
