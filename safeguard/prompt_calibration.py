@@ -247,9 +247,7 @@ def joint_thresholds(benign: np.ndarray, union_fp: float) -> np.ndarray:
     return np.clip(best, 0.05, 0.999)
 
 
-def per_source_thresholds(
-    benign: np.ndarray, sources: Sequence[str], pooled_fp: float, source_fp: float
-) -> np.ndarray:
+def per_source_thresholds(benign: np.ndarray, sources: Sequence[str], pooled_fp: float, source_fp: float) -> np.ndarray:
     """Per-category thresholds at one shared quantile level of all ``benign`` rows, the highest level at which at
     most ``pooled_fp`` of them and at most ``source_fp`` of every source of at least :data:`MIN_SOURCE_ROWS`
     rows reach the threshold of any category (bisection on the level).
@@ -288,8 +286,8 @@ def calibrate(
     *,
     steer_fp: float = 0.004,
     block_fp: float = 0.001,
-    source_steer_fp: float = 0.015,
-    source_block_fp: float = 0.005,
+    source_steer_fp: float = 0.03,
+    source_block_fp: float = 0.01,
     settle_recall: float = 0.98,
 ) -> Calibration:
     """Fit the heads on ``rows`` (embedded as ``x_static`` and ``x_full``) and choose the thresholds.

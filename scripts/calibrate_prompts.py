@@ -7,8 +7,8 @@ out-of-fold figures per source, and writes the heads with their thresholds (one 
 file the policy names under ``semantic_heads`` (or ``--out``), with the data, date and command recorded.
 
 Usage:
-    scripts/calibrate_prompts.py [FOLDER] [--policy ID] [--steer-fp 0.004] [--block-fp 0.001] [--source-steer-fp 0.015]
-                                  [--source-block-fp 0.005] [--out FILE] [--dry-run]
+    scripts/calibrate_prompts.py [FOLDER] [--policy ID] [--steer-fp 0.004] [--block-fp 0.001] [--source-steer-fp 0.03]
+                                  [--source-block-fp 0.01] [--out FILE] [--dry-run]
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def main() -> int:
     parser.add_argument("--policy", default=DEFAULT_POLICY)
     parser.add_argument("--steer-fp", type=float, default=0.004, help="share of all benign rows flagged")
     parser.add_argument("--block-fp", type=float, default=0.001, help="share of all benign rows blocked")
-    parser.add_argument("--source-steer-fp", type=float, default=0.015, help="share of each benign source flagged")
-    parser.add_argument("--source-block-fp", type=float, default=0.005, help="share of each benign source blocked")
+    parser.add_argument("--source-steer-fp", type=float, default=0.03, help="share of each benign source flagged")
+    parser.add_argument("--source-block-fp", type=float, default=0.01, help="share of each benign source blocked")
     parser.add_argument("--settle-recall", type=float, default=0.98)
     parser.add_argument("--out", type=Path, help="heads file (default: the one the policy names)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures, write nothing")
