@@ -83,8 +83,8 @@ _DEFAULTS: dict[str, Any] = {
         "max_chars": 20_000,
         # Seconds one prompt-stage check may take; null: no deadline.
         "deadline_s": 10.0,
-        # Which of the calibrated scorers' own thresholds apply (PROMPT_STRICTNESS); ``thresholds`` below are the
-        # keyword rules', whose hits score 1.0.
+        # Which of the calibrated scorers' own thresholds apply (PROMPT_STRICTNESS). In ``thresholds`` below,
+        # ``default`` is the keyword rules' (a hit scores 1.0); a category entry also replaces the scorers' own.
         "strictness": "balanced",
         "thresholds": {"default": {"steer": 0.5, "block": 0.5}},
         # A prompt in a language the policy does not judge (safeguard.language): allow or block.
@@ -165,7 +165,8 @@ class PromptSettings:
     max_chars: int
     #: Seconds one prompt-stage check may take; None: no deadline.
     deadline_s: float | None
-    #: The keyword rules' thresholds (a hit scores 1.0); calibrated scorers carry their own.
+    #: The keyword rules' thresholds (a hit scores 1.0); calibrated scorers carry their own, which a category
+    #: entry here replaces.
     thresholds: Thresholds
     #: Which of the calibrated scorers' own thresholds apply (:data:`PROMPT_STRICTNESS`).
     strictness: str = "balanced"

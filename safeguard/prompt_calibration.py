@@ -228,23 +228,14 @@ def scores(x: np.ndarray, weights: np.ndarray, bias: np.ndarray) -> np.ndarray:
 
 def joint_thresholds(benign: np.ndarray, union_fp: float) -> np.ndarray:
     """Per-category thresholds at one shared quantile level such that at most ``union_fp`` of the ``benign``
-    rows reach the threshold of any category (bisection on the level).
+    rows reach the threshold of any category: :func:`per_source_thresholds` with no source of its own.
 
     Example:
         >>> t = joint_thresholds(np.linspace(0, 1, 1001)[:, None], 0.01)
         >>> bool(0.98 < t[0] < 1.0)
         True
     """
-    low, high = 0.0, union_fp
-    best = np.quantile(benign, 1.0, axis=0) + 1e-6
-    for _ in range(30):
-        level = (low + high) / 2
-        candidate = np.quantile(benign, 1 - level, axis=0) + 1e-6
-        if (benign >= candidate).any(axis=1).mean() <= union_fp:
-            best, low = candidate, level
-        else:
-            high = level
-    return np.clip(best, 0.05, 0.999)
+    return per_source_thresholds(benign, [""] * len(benign), union_fp, 1.0)
 
 
 def per_source_thresholds(benign: np.ndarray, sources: Sequence[str], pooled_fp: float, source_fp: float) -> np.ndarray:

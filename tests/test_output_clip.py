@@ -246,6 +246,7 @@ def test_policy_image_model_loads_a_clip_folder_by_path(tmp_path):
     clip_tokenizer().save_pretrained(tmp_path / "clip")
     data = yaml.safe_load(Path(POLICY.path).read_text())
     data["image_model"] = {"backend": "clip", "path": "clip"}
+    data["semantic_heads"] = str(POLICY.semantic_heads)  # the copy lies elsewhere; its heads stay where they are
     (tmp_path / "policy.yaml").write_text(yaml.safe_dump(data))
     guard = Guard.create(policy=tmp_path / "policy.yaml", preset="research")
     names = [s.name for s in guard.image_stages]

@@ -116,6 +116,7 @@ def test_a_policy_without_calibration_gets_no_semantic_stage(tmp_path):
     source = load_policy().path
     data = yaml.safe_load(source.read_text(encoding="utf-8"))
     data["id"] = "my-policy"
+    del data["semantic_heads"]  # a policy names its heads; this one names none
     path = tmp_path / "my-policy.yaml"
     path.write_text(yaml.safe_dump(data), encoding="utf-8")
     assert SemanticPromptStage.for_policy(load_policy(path), resolve_settings().prompt) is None

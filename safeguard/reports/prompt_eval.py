@@ -226,7 +226,8 @@ def _sweeps(rows: Sequence[LabelledPrompt], verdicts: Sequence[Verdict], guard: 
         others = np.array(
             [any(f.category != category and f.action is not Action.ALLOW for f in v.findings) for v in verdicts]
         )
-        operating, _ = semantic[0].heads.thresholds_for(category, guard.settings.prompt)
+        steer, block = semantic[0].heads.thresholds_for(category, guard.settings.prompt)
+        operating = block if steer is None else steer
         grid = sorted({*SWEEP_GRID, round(operating, 4)})
         points = []
         for threshold in grid:

@@ -2,10 +2,10 @@
 
 Each category the calibration covered has a logistic head over a text's embedding; its output in ``[0, 1]`` is
 compared with the thresholds calibrated with the heads (``steer`` and ``block``) at the preset's
-``prompt.strictness``; the preset's ``prompt.thresholds`` are the keyword rules', on another scale. Every text
-is first scored with the static MiniLM encoder (tens of microseconds); only those whose static score reaches the
-calibrated ``settle`` score for some category are scored again with the full tier (a two-layer student distilled
-from MiniLM, run by ONNX Runtime, ~2 ms a text on two cores), whose score then decides.
+``prompt.strictness``, unless ``prompt.thresholds`` names the category (its ``default`` is the keyword rules').
+Every text is first scored with the static MiniLM encoder (tens of microseconds); only those whose static score
+reaches the calibrated ``settle`` score for some category are scored again with the full tier (a two-layer
+student distilled from MiniLM, run by ONNX Runtime, ~2 ms a text on two cores), whose score then decides.
 
 A whole prompt is scored as before, and where it does not already block, its parts are scored too, each
 category taking the highest score that counts: benign words around an unsafe request ("masterpiece, best
@@ -125,12 +125,15 @@ class SemanticHeads:
         if missing:
             raise ConfigError(f"{path}: no thresholds for every category at strictness {missing}")
 
-    def thresholds_for(self, category: str, settings: PromptSettings) -> tuple[float, float]:
-        """(steer, block) for ``category`` at the preset's ``prompt.strictness``.
+    def thresholds_for(self, category: str, settings: PromptSettings) -> tuple[float | None, float]:
+        """(steer, block) for ``category``: the settings' own entry when ``prompt.thresholds`` names the category
+        (a host opening or closing a steer band), else these heads' thresholds at ``prompt.strictness``.
 
-        The preset's ``prompt.thresholds`` are the keyword rules' (whose hits score 1.0), on another scale:
-        these heads' scores are only compared with the thresholds chosen with them.
+        The ``default`` entry of ``prompt.thresholds`` is the keyword rules' (a hit scores 1.0) and never reaches
+        the heads, whose scores are on another scale.
         """
+        if category in settings.thresholds.per_category:
+            return settings.thresholds.for_category(category)
         return self.thresholds[settings.strictness][category]
 
     @staticmethod
@@ -320,7 +323,7 @@ class SemanticPromptStage:
         self._style_tags = PhraseMatcher(("style", tag) for tag in _style_tags())
         pairs = [self.heads.thresholds_for(c, settings) for c in self.heads.categories]
         self._block = np.array([block for _, block in pairs])
-        self._steer = np.array([steer for steer, _ in pairs])
+        self._steer = np.array([block if steer is None else steer for steer, block in pairs])
         #: Prompts the student (second tier) has scored, whole or in parts, since construction: their share
         #: sets the throughput.
         self.full_scored = 0
